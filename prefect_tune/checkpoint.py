@@ -1,0 +1,146 @@
+"""`Checkpoint`: a directory of files that a trial can resume from, local or in storage."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+from prefect_tune.exceptions import CheckpointError, IncompleteCheckpointError
+from prefect_tune.storage import Storage, StorageSpec, layout
+
+
+class Checkpoint:
+    """A checkpoint: a directory on the local disk or in experiment storage.
+
+    Create one from a local directory inside a trainable and pass it to :func:`report`; read one
+    with :meth:`as_directory` (no copy when it is on the local disk or an NFS mount, a download to
+    a temporary directory otherwise) or :meth:`to_directory`.
+
+    Args:
+        path: A local path or an fsspec URL of the checkpoint directory.
+        storage_options: Options (endpoint, credentials) for the filesystem of ``path``.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> d = tempfile.mkdtemp()
+        >>> _ = pathlib.Path(d, "model.txt").write_text("weights")
+        >>> ckpt = Checkpoint.from_directory(d)
+        >>> with ckpt.as_directory() as path:
+        ...     print(pathlib.Path(path, "model.txt").read_text())
+        weights
+    """
+
+    def __init__(self, path: str | os.PathLike[str], storage_options: dict[str, Any] | None = None):
+        self._spec = StorageSpec(os.fspath(path), dict(storage_options or {}))
+        self._storage: Storage | None = None
+        self._committed = False
+
+    @classmethod
+    def from_directory(cls, path: str | os.PathLike[str]) -> Checkpoint:
+        """A checkpoint of the files in a local directory.
+
+        Raises:
+            CheckpointError: ``path`` is not an existing directory.
+        """
+        if not os.path.isdir(path):
+            raise CheckpointError(f"Checkpoint.from_directory: {os.fspath(path)!r} is not a directory.")
+        return cls(os.path.abspath(path))
+
+    @classmethod
+    def _committed_in(cls, spec: StorageSpec) -> Checkpoint:
+        ckpt = cls(spec.url, spec.options)
+        ckpt._committed = True
+        return ckpt
+
+    @property
+    def path(self) -> str:
+        """The checkpoint directory: a local path or a URL."""
+        return self._storage_root().url
+
+    @property
+    def filesystem(self) -> Any:
+        """The fsspec filesystem that holds the checkpoint."""
+        return self._storage_root().fs
+
+    def _storage_root(self) -> Storage:
+        if self._storage is None:
+            self._storage = Storage.open(self._spec)
+        return self._storage
+
+    def _files(self) -> dict[str, int]:
+        """Files of the checkpoint with their sizes (from the manifest when committed)."""
+        storage = self._storage_root()
+        if self._committed:
+            try:
+                manifest = storage.read_json(layout.MANIFEST_FILE)
+            except FileNotFoundError as exc:
+                raise IncompleteCheckpointError(
+                    f"Checkpoint {self.path} has no manifest: it was never committed."
+                ) from exc
+            return {str(k): int(v) for k, v in manifest["files"].items()}
+        files = storage.walk_files()
+        files.pop(layout.MANIFEST_FILE, None)
+        if not files and not storage.exists():
+            raise CheckpointError(f"Checkpoint {self.path} does not exist.")
+        return files
+
+    def to_directory(self, path: str | os.PathLike[str] | None = None) -> str:
+        """Copies the checkpoint's files into a local directory and returns its path.
+
+        Args:
+            path: Target directory (created if needed); a new temporary directory when None.
+
+        Raises:
+            IncompleteCheckpointError: a stored checkpoint lacks files its manifest lists.
+        """
+        target = os.path.abspath(path) if path is not None else tempfile.mkdtemp(prefix="checkpoint-")
+        os.makedirs(target, exist_ok=True)
+        files = self._files()
+        storage = self._storage_root()
+        storage.get_files((rel, os.path.join(target, *rel.split("/"))) for rel in files)
+        for rel, size in files.items():
+            local = os.path.join(target, *rel.split("/"))
+            if not os.path.exists(local) or os.path.getsize(local) != size:
+                raise IncompleteCheckpointError(
+                    f"Checkpoint {self.path}: {rel} is missing or has the wrong size."
+                )
+        return target
+
+    @contextlib.contextmanager
+    def as_directory(self) -> Iterator[str]:
+        """Yields a local directory with the checkpoint's files; treat it as read-only.
+
+        A checkpoint on the local disk is yielded in place; any other is downloaded to a
+        temporary directory that is deleted on exit.
+        """
+        storage = self._storage_root()
+        if storage.atomic_rename:  # local disk or NFS: read in place
+            self._files()
+            yield storage.root
+            return
+        tmp = self.to_directory()
+        try:
+            yield tmp
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def __repr__(self) -> str:
+        return f"Checkpoint(path={self.path!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Checkpoint) and other.path == self.path
+
+    def __hash__(self) -> int:
+        return hash(self.path)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"spec": self._spec, "committed": self._committed}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._spec = state["spec"]
+        self._committed = state["committed"]
+        self._storage = None

@@ -1,0 +1,213 @@
+"""Ray Tune's configuration objects, with the same names and meanings, validated on construction.
+
+Each class raises :class:`~prefect_tune.exceptions.ConfigError` naming the field and what it
+accepts, so a mistake shows up where the config is written, not minutes into an experiment.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from prefect_tune.exceptions import ConfigError
+
+if TYPE_CHECKING:
+    from prefect_tune.storage import TuneStorage
+
+__all__ = ["CheckpointConfig", "FailureConfig", "RunConfig", "TuneConfig"]
+
+
+def _fail(cls: str, name: str, message: str) -> ConfigError:
+    return ConfigError(f"{cls}({name}=...): {message}")
+
+
+def _check_int(cls: str, name: str, value: Any, minimum: int, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise _fail(cls, name, f"must be an integer >= {minimum}, got {value!r}.")
+
+
+def _check_mode(cls: str, name: str, value: Any) -> None:
+    if value not in (None, "min", "max"):
+        raise _fail(cls, name, f"must be 'min' or 'max', got {value!r}.")
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """How to search: the metric to optimise and how many trials to run.
+
+    Args:
+        metric: The reported metric that ranks trials and defaults ``get_best_result``.
+        mode: ``"min"`` or ``"max"``; required with ``metric``.
+        num_samples: Samples of the search space (each grid combination this many times);
+            ``-1`` samples until ``time_budget_s`` or a stop condition ends the experiment.
+        max_concurrent_trials: Trials running at once; default: the Dask cluster's thread count.
+        seed: Makes the sampled trial configs reproducible.
+        time_budget_s: Wall-clock budget of the experiment; trials still running then stop at
+            their next ``report()``.
+
+    Examples:
+        >>> TuneConfig(metric="loss", mode="min", num_samples=8, max_concurrent_trials=2, seed=0)
+        TuneConfig(metric='loss', mode='min', num_samples=8, max_concurrent_trials=2, seed=0, time_budget_s=None)
+    """
+
+    metric: str | None = None
+    mode: Literal["min", "max"] | None = None
+    num_samples: int = 1
+    max_concurrent_trials: int | None = None
+    seed: int | None = None
+    time_budget_s: float | None = None
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        if self.metric is not None and (not isinstance(self.metric, str) or not self.metric):
+            raise _fail(name, "metric", f"must be a non-empty string, got {self.metric!r}.")
+        _check_mode(name, "mode", self.mode)
+        if (self.metric is None) != (self.mode is None):
+            raise ConfigError(
+                "TuneConfig: metric and mode go together: give both (mode='min' or 'max') or "
+                "neither."
+            )
+        if self.num_samples != -1:
+            _check_int(name, "num_samples", self.num_samples, 1, allow_none=False)
+        _check_int(name, "max_concurrent_trials", self.max_concurrent_trials, 1)
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise _fail(name, "seed", f"must be an integer, got {self.seed!r}.")
+        if self.time_budget_s is not None and (
+            isinstance(self.time_budget_s, bool)
+            or not isinstance(self.time_budget_s, (int, float))
+            or self.time_budget_s <= 0
+        ):
+            raise _fail(name, "time_budget_s", f"must be a positive number of seconds, got {self.time_budget_s!r}.")
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """Which checkpoints to keep.
+
+    Args:
+        num_to_keep: Keep at most this many committed checkpoints per trial (all when None).
+            With ``checkpoint_score_attribute`` the best ones by score are kept; the latest
+            checkpoint is always kept too, because a resume needs it.
+        checkpoint_score_attribute: Reported metric that ranks checkpoints.
+        checkpoint_score_order: ``"max"`` (default) or ``"min"``.
+        checkpoint_frequency: Class trainables only in Ray Tune; function trainables checkpoint
+            by passing ``checkpoint=`` to ``report()``, so it must stay 0.
+        checkpoint_at_end: Likewise for class trainables only; must stay None or False.
+    """
+
+    num_to_keep: int | None = None
+    checkpoint_score_attribute: str | None = None
+    checkpoint_score_order: Literal["max", "min"] = "max"
+    checkpoint_frequency: int = 0
+    checkpoint_at_end: bool | None = None
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        _check_int(name, "num_to_keep", self.num_to_keep, 1)
+        if self.checkpoint_score_attribute is not None and (
+            not isinstance(self.checkpoint_score_attribute, str) or not self.checkpoint_score_attribute
+        ):
+            raise _fail(name, "checkpoint_score_attribute", "must be a non-empty metric name.")
+        if self.checkpoint_score_order not in ("max", "min"):
+            raise _fail(name, "checkpoint_score_order", f"must be 'max' or 'min', got {self.checkpoint_score_order!r}.")
+        _check_int(name, "checkpoint_frequency", self.checkpoint_frequency, 0, allow_none=False)
+        if self.checkpoint_frequency or self.checkpoint_at_end:
+            raise ConfigError(
+                "CheckpointConfig: checkpoint_frequency and checkpoint_at_end apply to class "
+                "trainables, which prefect-tune does not run; a function trainable checkpoints "
+                "with report(metrics, checkpoint=Checkpoint.from_directory(...))."
+            )
+
+
+@dataclass(frozen=True)
+class FailureConfig:
+    """What to do when a trial fails.
+
+    Args:
+        max_failures: Times a failed trial is run again from its latest checkpoint before it
+            is ERROR; ``-1`` retries forever.
+        fail_fast: Stop the experiment at the first errored trial (``"raise"``: and raise its
+            error from ``fit()``).
+    """
+
+    max_failures: int = 0
+    fail_fast: bool | Literal["raise"] = False
+
+    def __post_init__(self) -> None:
+        if self.max_failures != -1:
+            _check_int("FailureConfig", "max_failures", self.max_failures, 0, allow_none=False)
+        if self.fail_fast not in (True, False, "raise"):
+            raise _fail("FailureConfig", "fail_fast", f"must be True, False or 'raise', got {self.fail_fast!r}.")
+
+
+Stop = Mapping[str, float] | Callable[[str, dict[str, Any]], bool]
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Where and how the experiment runs.
+
+    Args:
+        name: The experiment's name, its directory under the storage path and its flow run's
+            name. Generated when None.
+        storage_path: A local or NFS path, or an fsspec URL (``s3://``, ``gs://``, ``memory://``).
+            Default ``~/prefect_tune_results``.
+        storage: A :class:`~prefect_tune.TuneStorage` block instead of ``storage_path``.
+        storage_options: fsspec options for ``storage_path`` (endpoint, credentials).
+        checkpoint_config: Which checkpoints to keep.
+        failure_config: What to do when trials fail.
+        stop: ``{"metric": threshold}`` (a trial stops once a reported value reaches its
+            threshold) or a function ``(trial_id, result) -> bool``.
+
+    Examples:
+        >>> RunConfig(name="exp", storage_path="s3://bucket/tune", stop={"training_iteration": 10})
+        ... # doctest: +ELLIPSIS
+        RunConfig(name='exp', storage_path='s3://bucket/tune', ...)
+    """
+
+    name: str | None = None
+    storage_path: str | os.PathLike[str] | None = None
+    storage: TuneStorage | None = None
+    storage_options: dict[str, Any] | None = field(default=None, repr=False)
+    checkpoint_config: CheckpointConfig = field(default_factory=CheckpointConfig)
+    failure_config: FailureConfig = field(default_factory=FailureConfig)
+    stop: Stop | None = None
+
+    def __post_init__(self) -> None:
+        if self.name is not None:
+            if not isinstance(self.name, str) or not self.name.strip():
+                raise _fail("RunConfig", "name", "must be a non-empty string.")
+            if "/" in self.name or "\\" in self.name or self.name in (".", ".."):
+                raise _fail("RunConfig", "name", f"is a directory name and cannot contain '/': {self.name!r}.")
+        if self.storage is not None and (self.storage_path is not None or self.storage_options):
+            raise ConfigError(
+                "RunConfig: give either storage (a TuneStorage block) or storage_path with "
+                "storage_options, not both."
+            )
+        if self.storage is not None and not hasattr(self.storage, "spec"):
+            raise _fail("RunConfig", "storage", f"must be a TuneStorage block, got {type(self.storage).__name__}.")
+        if self.storage_path is not None and not isinstance(self.storage_path, (str, os.PathLike)):
+            raise _fail("RunConfig", "storage_path", f"must be a path or URL string, got {type(self.storage_path).__name__}.")
+        if not isinstance(self.checkpoint_config, CheckpointConfig):
+            raise _fail("RunConfig", "checkpoint_config", "must be a CheckpointConfig.")
+        if not isinstance(self.failure_config, FailureConfig):
+            raise _fail("RunConfig", "failure_config", "must be a FailureConfig.")
+        if self.stop is not None and not callable(self.stop):
+            if not isinstance(self.stop, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
+                for k, v in self.stop.items()
+            ):
+                raise _fail(
+                    "RunConfig",
+                    "stop",
+                    "must be a dict of metric name -> number, or a function (trial_id, result) -> bool.",
+                )
+
+
+def config_as_dict(config: Any) -> dict[str, Any]:
+    """A JSON-friendly dict of a config dataclass, for the stored experiment definition."""
+    return asdict(config)

@@ -1,0 +1,292 @@
+"""`TuneController`: the driver loop. It owns the trial table and is the only writer of the
+experiment-level state; trials run elsewhere through a :class:`TrialExecutor`."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from prefect_tune.config import CheckpointConfig, FailureConfig
+from prefect_tune.engine._executor import TrialExecutor
+from prefect_tune.engine._search import BasicVariantGenerator
+from prefect_tune.engine._trial_run import TrialOutcome, TrialRequest
+from prefect_tune.exceptions import TrialError
+from prefect_tune.session import Decision
+from prefect_tune.state import (
+    ExperimentDefinition,
+    ExperimentState,
+    ExperimentStore,
+    FlowRunRecord,
+    TrialState,
+    TrialStatus,
+)
+
+logger = logging.getLogger("prefect_tune")
+
+
+@dataclass(frozen=True)
+class ResumePolicy:
+    """Which stored trials run again (``Tuner.restore`` flags)."""
+
+    resume_unfinished: bool = True
+    resume_errored: bool = False
+    restart_errored: bool = False
+
+
+def trial_summary(config: dict[str, Any], limit: int = 60) -> str:
+    """A short ``key=value,...`` rendering of a config for names (``lr=0.0012,opt=adam``)."""
+    parts: list[str] = []
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}{key}." if isinstance(inner, dict) else f"{prefix}{key}", inner)
+            return
+        if isinstance(value, float):
+            text = f"{value:.4g}"
+        else:
+            text = str(value)
+        parts.append(f"{prefix.rstrip('.')}={text[:20]}")
+
+    walk("", config)
+    out = ",".join(parts)
+    return out if len(out) <= limit else out[: limit - 3] + "..."
+
+
+class TuneController:
+    """Runs an experiment to its end: creates trials from the searcher, submits them, records
+    their outcomes, retries failures and persists the experiment's state.
+
+    Args:
+        store: The experiment's store; its definition is already written.
+        definition: The stored definition (ids, metric).
+        generator: Yields trial configs by index.
+        trainable: The user's function.
+        executor: Where trials run.
+        checkpoint_config: Passed to every trial.
+        failure_config: Retries and fail-fast.
+        stop: ``RunConfig.stop``.
+        max_concurrent_trials: At most this many trials at once (default: executor capacity).
+        time_budget_s: No new trials after this many seconds; running ones stop at their next
+            report.
+        policy: Which stored trials run again.
+        flow_run: The flow run driving this, recorded in the experiment's lineage.
+        trainable_name: Prefix of trial directory and trial names.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: ExperimentStore,
+        definition: ExperimentDefinition,
+        generator: BasicVariantGenerator,
+        trainable: Callable[[dict[str, Any]], Any],
+        executor: TrialExecutor,
+        checkpoint_config: CheckpointConfig,
+        failure_config: FailureConfig,
+        stop: Any = None,
+        max_concurrent_trials: int | None = None,
+        time_budget_s: float | None = None,
+        policy: ResumePolicy | None = None,
+        flow_run: FlowRunRecord | None = None,
+        trainable_name: str = "trainable",
+        state_save_interval_s: float = 1.0,
+    ):
+        self.store = store
+        self.definition = definition
+        self.generator = generator
+        self.trainable = trainable
+        self.executor = executor
+        self.checkpoint_config = checkpoint_config
+        self.failure_config = failure_config
+        self.stop = stop
+        self.max_concurrent = max_concurrent_trials
+        self.time_budget_s = time_budget_s
+        self.policy = policy or ResumePolicy()
+        self.flow_run = flow_run
+        self.trainable_name = trainable_name
+        self.save_interval = state_save_interval_s
+        self.trials: dict[int, TrialState] = {}
+        self.state: ExperimentState | None = None
+        self._queue: deque[tuple[int, bool]] = deque()  # (trial index, restart from scratch)
+        self._running: dict[Any, int] = {}
+        self._last_save = 0.0
+        self._save_cost = 0.0
+        self._dirty = False
+        self._fail_fast_error: TrialError | None = None
+
+    # -- trial table ---------------------------------------------------------------------------
+
+    def _trial_name(self, trial: TrialState) -> str:
+        summary = trial_summary(trial.config)
+        base = f"{self.trainable_name}_{trial.trial_id}"
+        return f"{base} {summary}" if summary else base
+
+    def _new_trial(self, index: int) -> TrialState:
+        trial_id = f"{self.definition.experiment_id}_{index:05d}"
+        return TrialState(
+            trial_id=trial_id,
+            index=index,
+            dir_name=f"{self.trainable_name}_{trial_id}",
+            config=self.generator.config_for(index),
+        )
+
+    def _load(self) -> None:
+        state, trials = self.store.load_trials()
+        self.state = state or ExperimentState(name=self.definition.name)
+        self.trials = {t.index: t for t in trials}
+        self.state.next_trial_index = max(
+            [self.state.next_trial_index, *(i + 1 for i in self.trials)]
+        )
+        for index in sorted(self.trials):
+            trial = self.trials[index]
+            if trial.status is TrialStatus.TERMINATED:
+                continue
+            if trial.status is TrialStatus.ERROR:
+                if self.policy.restart_errored:
+                    self._enqueue(trial, restart=True)
+                elif self.policy.resume_errored:
+                    self._enqueue(trial)
+            elif self.policy.resume_unfinished:
+                self._enqueue(trial)
+        if self.flow_run is not None:
+            self.state.flow_runs.append(self.flow_run)
+        self.state.finished = False
+
+    def _enqueue(self, trial: TrialState, restart: bool = False) -> None:
+        trial.status = TrialStatus.PENDING
+        self._queue.append((trial.index, restart))
+        self._dirty = True
+
+    def _has_more_trials(self) -> bool:
+        total = self.generator.total_trials
+        assert self.state is not None
+        return total is None or self.state.next_trial_index < total
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def run(self) -> list[TrialState]:
+        """Runs until every trial is finished (or the budget or fail-fast ends the experiment).
+
+        Returns:
+            Every trial of the experiment, in index order.
+
+        Raises:
+            TrialError: a trial errored and ``FailureConfig(fail_fast="raise")``.
+        """
+        self.executor.check_storage(self.store.storage)
+        self._load()
+        self._save(force=True)
+        start = time.monotonic()
+        deadline = time.time() + self.time_budget_s if self.time_budget_s else None
+        limit = self.max_concurrent or max(1, self.executor.capacity())
+        try:
+            while True:
+                out_of_time = self.time_budget_s is not None and time.monotonic() - start >= self.time_budget_s
+                while len(self._running) < limit and not out_of_time and self._fail_fast_error is None:
+                    if not self._launch_next(deadline):
+                        break
+                if not self._running:
+                    break
+                for handle, result in self.executor.wait(timeout=1.0):
+                    self._on_done(handle, result)
+                self._save()
+        finally:
+            assert self.state is not None
+            self.state.finished = not self._running and not self._queue and not self._has_more_trials()
+            self._save(force=True)
+        if self._fail_fast_error is not None and self.failure_config.fail_fast == "raise":
+            raise self._fail_fast_error
+        return [self.trials[i] for i in sorted(self.trials)]
+
+    def _launch_next(self, deadline: float | None) -> bool:
+        assert self.state is not None
+        restart = False
+        if self._queue:
+            index, restart = self._queue.popleft()
+            trial = self.trials[index]
+        elif self._has_more_trials():
+            trial = self._new_trial(self.state.next_trial_index)
+            self.trials[trial.index] = trial
+            self.state.next_trial_index += 1
+        else:
+            return False
+        request = TrialRequest(
+            experiment=self.store.storage.spec,
+            experiment_name=self.definition.name,
+            trial=trial,
+            trial_name=self._trial_name(trial),
+            trainable=self.trainable,
+            metric=self.definition.metric,
+            checkpoint_config=self.checkpoint_config,
+            stop=self.stop,
+            deadline=deadline,
+            restart=restart,
+            flow_run_id=self.flow_run.flow_run_id if self.flow_run else None,
+        )
+        trial.status = TrialStatus.RUNNING
+        handle = self.executor.submit(request)
+        self._running[handle] = trial.index
+        self._dirty = True
+        return True
+
+    def _on_done(self, handle: Any, result: TrialOutcome | BaseException) -> None:
+        index = self._running.pop(handle)
+        self._dirty = True
+        if isinstance(result, TrialOutcome):
+            self.trials[index] = result.trial
+            if result.decision is Decision.PAUSE:
+                self._enqueue(result.trial)
+            return
+        trial = self._failed_trial(index, result)
+        self.trials[index] = trial
+        max_failures = self.failure_config.max_failures
+        if max_failures == -1 or trial.num_failures <= max_failures:
+            logger.warning(
+                "Trial %s failed (%d of %s allowed failures); resuming it from its latest "
+                "checkpoint: %s",
+                trial.trial_id,
+                trial.num_failures,
+                "unlimited" if max_failures == -1 else max_failures,
+                trial.error,
+            )
+            self._enqueue(trial)
+            return
+        logger.error("Trial %s errored: %s", trial.trial_id, trial.error)
+        if self.failure_config.fail_fast and self._fail_fast_error is None:
+            self._fail_fast_error = TrialError(f"Trial {trial.trial_id} errored: {trial.error}")
+
+    def _failed_trial(self, index: int, error: BaseException) -> TrialState:
+        """The stored state of a trial whose task run raised, completed if its worker died."""
+        known = self.trials[index]
+        try:
+            stored = self.store.read_trial(known.dir_name)
+        except Exception:  # storage trouble: fall back to what the driver knows
+            stored = None
+        if stored is not None and stored.status is TrialStatus.ERROR:
+            return stored
+        # The worker died or could not write: count the failure here.
+        trial = (stored or known).model_copy(deep=True)
+        trial.status = TrialStatus.ERROR
+        trial.num_failures = max(trial.num_failures, known.num_failures) + 1
+        trial.error = f"{type(error).__name__}: {error}"
+        trial.error_type = type(error).__name__
+        return trial
+
+    def _save(self, force: bool = False) -> None:
+        assert self.state is not None
+        if not self._dirty and not force:
+            return
+        now = time.monotonic()
+        # Rewriting a large snapshot too often would dominate; space saves by their own cost.
+        if not force and now - self._last_save < max(self.save_interval, 10 * self._save_cost):
+            return
+        self.state.trials = [self.trials[i] for i in sorted(self.trials)]
+        self.store.write_state(self.state)
+        self._save_cost = time.monotonic() - now
+        self._last_save = time.monotonic()
+        self._dirty = False

@@ -1,0 +1,171 @@
+"""One task run of a trial, on a worker: from reading its state to recording how it ended.
+
+This is everything that runs on the Dask worker; it knows nothing of Prefect, which wraps it in a
+task (``prefect_tune.prefect``). It writes the trial's state before the trainable starts and
+after it ends, so the trial's fate is in storage before the task returns (durable completion).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from prefect_tune.config import CheckpointConfig
+from prefect_tune.exceptions import TrialError
+from prefect_tune.session import (
+    Decision,
+    StopCriteria,
+    TrialContext,
+    TrialSession,
+    TrialStopped,
+    _current,
+)
+from prefect_tune.state import AttemptRecord, ExperimentStore, TrialState, TrialStatus
+from prefect_tune.storage import StorageSpec, layout
+
+@dataclass
+class TrialRequest:
+    """What a worker needs to run one trial once. Holds credentials: never log it whole."""
+
+    experiment: StorageSpec
+    experiment_name: str
+    trial: TrialState
+    trial_name: str
+    trainable: Callable[[dict[str, Any]], Any]
+    metric: str | None = None
+    checkpoint_config: CheckpointConfig = field(default_factory=CheckpointConfig)
+    stop: Any = None
+    deadline: float | None = None
+    restart: bool = False
+    flow_run_id: str | None = None
+    result_flush_interval_s: float = 5.0
+
+    def __repr__(self) -> str:
+        return f"TrialRequest({self.trial.trial_id!r}, experiment={self.experiment_name!r})"
+
+
+@dataclass
+class TrialOutcome:
+    """How a task run of a trial ended (a trainable that raised ends with TrialError instead)."""
+
+    trial: TrialState
+    decision: Decision = Decision.CONTINUE
+
+
+def _begin(store: ExperimentStore, request: TrialRequest, task_run_id: str | None) -> TrialState:
+    stored = store.read_trial(request.trial.dir_name)
+    trial = stored if stored is not None else request.trial.model_copy(deep=True)
+    trial.num_failures = max(trial.num_failures, request.trial.num_failures)
+    if request.restart:
+        store.delete_trial_outputs(trial.dir_name)
+        trial = trial.model_copy(
+            update={
+                "checkpoints": [],
+                "next_checkpoint_index": 0,
+                "last_result": None,
+                "attempts": [],
+                "error": None,
+                "error_type": None,
+                "num_failures": 0,
+            }
+        )
+    else:
+        # A crash mid-upload leaves a checkpoint directory its trial never committed.
+        store.remove_uncommitted_checkpoints(trial)
+    latest = trial.latest_checkpoint
+    trial.attempts.append(
+        AttemptRecord(
+            attempt=len(trial.attempts) + 1,
+            start_iteration=latest.training_iteration if latest else 0,
+            resumed_from=latest.dir_name if latest else None,
+            flow_run_id=request.flow_run_id,
+            task_run_id=task_run_id,
+            host=socket.gethostname(),
+        )
+    )
+    trial.status = TrialStatus.RUNNING
+    trial.error = None
+    trial.error_type = None
+    store.write_trial(trial)
+    return trial
+
+
+def run_trial(request: TrialRequest, task_run_id: str | None = None) -> TrialOutcome:
+    """Runs the trainable for one trial and records the outcome in storage.
+
+    Returns:
+        The trial's final state: TERMINATED when the trainable returned or a stop condition
+        ended it, PAUSED when a control paused it.
+
+    Raises:
+        TrialError: the trainable raised; the trial is stored as ERROR with the traceback in
+            ``error.txt`` before this is raised.
+    """
+    store = ExperimentStore(request.experiment.open())
+    trial = _begin(store, request, task_run_id)
+    context = TrialContext(
+        trial_id=trial.trial_id,
+        trial_name=request.trial_name,
+        experiment_name=request.experiment_name,
+        trial_dir=store.storage.uri(layout.trial_dir(trial.dir_name)),
+        trial_index=trial.index,
+        attempt=trial.attempts[-1].attempt,
+    )
+    session = TrialSession(
+        store,
+        trial,
+        context,
+        metric=request.metric,
+        checkpoint_config=request.checkpoint_config,
+        controls=[StopCriteria(request.stop, request.deadline)],
+        result_flush_interval_s=request.result_flush_interval_s,
+    )
+    token = _current.set(session)
+    decision = Decision.CONTINUE
+    try:
+        returned = request.trainable(dict(trial.config))
+        if isinstance(returned, dict):  # Ray: a returned dict is the final result
+            session.report(returned)
+    except TrialStopped as stopped:
+        decision = stopped.decision
+    except Exception as exc:
+        _record_error(store, session, exc)
+        raise TrialError(
+            f"Trial {trial.trial_id} ({request.trial_name}) failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    finally:
+        _current.reset(token)
+    session.flush()
+    attempt = trial.attempts[-1]
+    attempt.ended_at = time.time()
+    if decision is Decision.PAUSE:
+        trial.status = attempt.status = TrialStatus.PAUSED
+    else:
+        trial.status = attempt.status = TrialStatus.TERMINATED
+        if trial.last_result is not None:
+            trial.last_result["done"] = True
+    store.write_trial(trial)
+    return TrialOutcome(trial=trial, decision=decision)
+
+
+def _record_error(store: ExperimentStore, session: TrialSession, exc: BaseException) -> None:
+    trial = session.trial
+    try:
+        session.flush()
+    except Exception:  # the results buffer is lost, the error record must not be
+        pass
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    trial.status = TrialStatus.ERROR
+    trial.num_failures += 1
+    trial.error = f"{type(exc).__name__}: {exc}"
+    trial.error_type = type(exc).__name__
+    attempt = trial.attempts[-1]
+    attempt.ended_at = time.time()
+    attempt.status = TrialStatus.ERROR
+    attempt.error = trial.error
+    store.write_trial_text(trial.dir_name, layout.ERROR_FILE, text)
+    store.write_trial(trial)

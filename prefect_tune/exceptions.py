@@ -1,0 +1,114 @@
+"""The prefect-tune error tree.
+
+Every error raised on purpose by prefect-tune derives from :class:`PrefectTuneError` and, where a
+builtin fits, from that builtin too, so ``except ValueError`` keeps working for callers that do not
+know this package.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "PrefectTuneError",
+    "ConfigError",
+    "SearchSpaceError",
+    "ConfigNotSerializableError",
+    "MetricNotReportedError",
+    "StorageError",
+    "UnknownStorageSchemeError",
+    "StorageDriverMissingError",
+    "StorageCredentialsError",
+    "StoragePermissionError",
+    "StorageNotFoundError",
+    "StorageNotSharedError",
+    "CheckpointError",
+    "IncompleteCheckpointError",
+    "StateError",
+    "UnsupportedSchemaVersionError",
+    "ExperimentNotFoundError",
+    "ReportError",
+    "TrialError",
+    "SessionError",
+]
+
+
+class PrefectTuneError(Exception):
+    """Base of every error prefect-tune raises on purpose."""
+
+
+class ConfigError(PrefectTuneError, ValueError):
+    """A configuration object (``TuneConfig``, ``RunConfig``...) was given an invalid value."""
+
+
+class SearchSpaceError(ConfigError):
+    """The ``param_space`` cannot be sampled: a bad domain, bound or grid."""
+
+
+class ConfigNotSerializableError(ConfigError, TypeError):
+    """A trial config holds a value that cannot be stored as JSON."""
+
+
+class MetricNotReportedError(PrefectTuneError, KeyError):
+    """The trainable reported a result without the metric ``TuneConfig(metric=...)`` names."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable.
+        return str(self.args[0]) if self.args else ""
+
+
+class StorageError(PrefectTuneError, OSError):
+    """Reading or writing the experiment's ``storage_path`` failed."""
+
+
+class UnknownStorageSchemeError(StorageError, ValueError):
+    """The ``storage_path`` URL names a protocol fsspec does not know."""
+
+
+class StorageDriverMissingError(PrefectTuneError, ImportError):
+    """The package that implements the ``storage_path`` protocol is not installed."""
+
+
+class StorageCredentialsError(StorageError, PermissionError):
+    """The storage rejected the credentials, or none were found."""
+
+
+class StoragePermissionError(StorageError, PermissionError):
+    """The credentials are valid but may not access this path."""
+
+
+class StorageNotFoundError(StorageError, FileNotFoundError):
+    """A file, directory or bucket that must exist does not."""
+
+
+class StorageNotSharedError(StorageError):
+    """Some Dask workers cannot read what the driver wrote to ``storage_path``."""
+
+
+class CheckpointError(PrefectTuneError):
+    """A checkpoint could not be created, committed or read."""
+
+
+class IncompleteCheckpointError(CheckpointError, FileNotFoundError):
+    """The checkpoint has no manifest or lacks files its manifest lists: it was never committed."""
+
+
+class StateError(PrefectTuneError):
+    """Stored experiment state is missing, unreadable or inconsistent."""
+
+
+class UnsupportedSchemaVersionError(StateError, ValueError):
+    """A state file was written by a newer prefect-tune than the one reading it."""
+
+
+class ExperimentNotFoundError(StateError, FileNotFoundError):
+    """No experiment is stored at the given path."""
+
+
+class ReportError(PrefectTuneError, TypeError):
+    """``report()`` was given metrics that are not a dict of JSON-friendly values."""
+
+
+class TrialError(PrefectTuneError, RuntimeError):
+    """A trial's trainable raised; the original exception is the ``__cause__``."""
+
+
+class SessionError(PrefectTuneError, RuntimeError):
+    """``report()`` or ``get_checkpoint()`` was called outside a running trial."""

@@ -1,0 +1,34 @@
+"""The trial as a Prefect task: one task run per run of a trial, on the flow's task runner."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
+
+from prefect_tune.engine import TrialOutcome, TrialRequest, run_trial
+
+
+class Sealed:
+    """Carries a trial request through Prefect untouched.
+
+    Prefect and prefect-dask walk task parameters looking for futures and rebuild dataclasses,
+    tuples and annotations as they go (``quote`` comes out as a bare tuple on a Dask worker); a
+    plain object is passed through as it is.
+    """
+
+    __slots__ = ("request",)
+
+    def __init__(self, request: TrialRequest):
+        self.request = request
+
+    def __repr__(self) -> str:
+        return repr(self.request)
+
+
+@task(name="trial", cache_policy=NO_CACHE, persist_result=False, retries=0)
+def trial_task(sealed: Sealed) -> TrialOutcome:
+    """Runs one trial once; failures and resumes are the controller's, not Prefect retries."""
+    context = TaskRunContext.get()
+    task_run_id = str(context.task_run.id) if context is not None else None
+    return run_trial(sealed.request, task_run_id=task_run_id)

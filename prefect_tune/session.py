@@ -1,0 +1,376 @@
+"""What a trainable calls while it runs: :func:`report`, :func:`get_checkpoint`, :func:`get_context`.
+
+Inside a trial, a :class:`TrialSession` (one per task run of the trial) turns each ``report()``
+into a result row, commits checkpoints to storage straight from the worker, and asks the trial's
+controls (stop conditions now; schedulers later) whether to go on. A decision to stop unwinds the
+trainable from inside ``report()``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime as dt
+import enum
+import math
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from prefect_tune.checkpoint import Checkpoint
+from prefect_tune.config import CheckpointConfig
+from prefect_tune.exceptions import MetricNotReportedError, ReportError, SessionError
+from prefect_tune.state import CheckpointRecord, ExperimentStore, TrialState
+from prefect_tune.storage import layout
+
+__all__ = ["TrialContext", "get_checkpoint", "get_context", "report"]
+
+# Fields prefect-tune adds to every reported result (Ray Tune's auto-filled names).
+AUTO_FIELDS = (
+    "training_iteration",
+    "trial_id",
+    "timestamp",
+    "date",
+    "time_this_iter_s",
+    "time_total_s",
+    "time_since_restore",
+    "iterations_since_restore",
+    "checkpoint_dir_name",
+    "done",
+    "hostname",
+    "pid",
+)
+
+
+class Decision(enum.Enum):
+    """What a trial does after a ``report()``."""
+
+    CONTINUE = "CONTINUE"
+    STOP = "STOP"
+    PAUSE = "PAUSE"
+
+
+class TrialControl(Protocol):
+    """Something that sees each result of a running trial and may stop or pause it.
+
+    Controls run on the worker inside ``report()``, so they must be cheap and must not raise.
+    """
+
+    def on_result(self, trial_id: str, result: Mapping[str, Any]) -> Decision: ...
+
+
+@dataclass(frozen=True)
+class StopCriteria:
+    """``RunConfig(stop=...)`` and ``TuneConfig(time_budget_s=...)`` applied to one trial."""
+
+    stop: Mapping[str, float] | Callable[[str, dict[str, Any]], bool] | None = None
+    deadline: float | None = None
+
+    def on_result(self, trial_id: str, result: Mapping[str, Any]) -> Decision:
+        if self.deadline is not None and time.time() >= self.deadline:
+            return Decision.STOP
+        if self.stop is None:
+            return Decision.CONTINUE
+        if callable(self.stop):
+            return Decision.STOP if self.stop(trial_id, dict(result)) else Decision.CONTINUE
+        for key, threshold in self.stop.items():
+            value = result.get(key)
+            if isinstance(value, (int, float)) and value >= threshold:
+                return Decision.STOP
+        return Decision.CONTINUE
+
+
+class TrialStopped(BaseException):
+    """Raised inside ``report()`` to unwind a trainable whose trial was stopped or paused.
+
+    A BaseException so that a trainable's ``except Exception`` cannot swallow it.
+    """
+
+    def __init__(self, decision: Decision):
+        super().__init__(decision.value)
+        self.decision = decision
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """Facts about the running trial (``get_context()``), with Ray Tune's getters.
+
+    Attributes:
+        trial_id: Unique within the experiment.
+        trial_name: Readable name, also the Prefect task run's name.
+        experiment_name: The experiment's name.
+        trial_dir: URL (or local path) of the trial's directory in storage.
+        trial_index: The trial's position in the experiment.
+        attempt: 1 for the first task run of this trial, 2 after one retry or resume...
+    """
+
+    trial_id: str
+    trial_name: str
+    experiment_name: str
+    trial_dir: str
+    trial_index: int
+    attempt: int
+
+    def get_trial_id(self) -> str:
+        return self.trial_id
+
+    def get_trial_name(self) -> str:
+        return self.trial_name
+
+    def get_experiment_name(self) -> str:
+        return self.experiment_name
+
+    def get_trial_dir(self) -> str:
+        return self.trial_dir
+
+
+_current: contextvars.ContextVar[TrialSession | None] = contextvars.ContextVar(
+    "prefect_tune_session", default=None
+)
+
+
+def _session(caller: str) -> TrialSession:
+    session = _current.get()
+    if session is None:
+        raise SessionError(
+            f"prefect_tune.{caller}() was called outside a trial: call it from the trainable "
+            "that Tuner runs."
+        )
+    return session
+
+
+def report(metrics: Mapping[str, Any], *, checkpoint: Checkpoint | None = None) -> None:
+    """Reports a result of the running trial, optionally with a checkpoint.
+
+    When this returns, the checkpoint is committed to storage: a later resume of the trial starts
+    from it. ``training_iteration`` counts reports (it continues from the checkpoint on resume).
+    If a stop condition is met, ``report()`` does not return: the trial ends there.
+
+    Args:
+        metrics: Metric name -> JSON-friendly value (numbers, strings, bools, lists, dicts).
+        checkpoint: A :class:`Checkpoint`, usually ``Checkpoint.from_directory(tmpdir)``; the
+            directory may be deleted once ``report()`` returns.
+
+    Raises:
+        ReportError: ``metrics`` is not a dict of JSON-friendly values.
+        MetricNotReportedError: the experiment's metric (or checkpoint score attribute) is missing.
+        SessionError: called outside a trial.
+
+    Examples:
+        >>> def train_fn(config):  # doctest: +SKIP
+        ...     for epoch in range(10):
+        ...         report({"loss": 1.0 / (epoch + 1)})
+    """
+    _session("report").report(metrics, checkpoint=checkpoint)
+
+
+def get_checkpoint() -> Checkpoint | None:
+    """The checkpoint to resume from: the trial's latest committed one, or None on a fresh trial."""
+    return _session("get_checkpoint").resume_checkpoint
+
+
+def get_context() -> TrialContext:
+    """Facts about the running trial: ids, names, its directory in storage."""
+    return _session("get_context").context
+
+
+def _jsonable(key: str, value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value
+    item = getattr(value, "item", None)  # numpy / torch scalars
+    if callable(item) and getattr(value, "ndim", 0) == 0:
+        return _jsonable(key, item())
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(f"{key}.{k}", v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(key, v) for v in value]
+    tolist = getattr(value, "tolist", None)
+    if callable(tolist):
+        return _jsonable(key, tolist())
+    raise ReportError(
+        f"report(): metric {key!r} has a value of type {type(value).__name__}, which cannot be "
+        "stored as JSON. Report numbers, strings, bools, or lists/dicts of them."
+    )
+
+
+class TrialSession:
+    """One task run of one trial, on its worker. Not thread-safe: one trainable calls it."""
+
+    def __init__(
+        self,
+        store: ExperimentStore,
+        trial: TrialState,
+        context: TrialContext,
+        *,
+        metric: str | None,
+        checkpoint_config: CheckpointConfig,
+        controls: Sequence[TrialControl] = (),
+        result_flush_interval_s: float = 5.0,
+        storage_options: dict[str, Any] | None = None,
+    ):
+        self.store = store
+        self.trial = trial
+        self.context = context
+        self.metric = metric
+        self.checkpoint_config = checkpoint_config
+        self.controls = list(controls)
+        self.flush_interval = result_flush_interval_s
+        attempt = trial.attempts[-1]
+        self.attempt = attempt.attempt
+        self.iteration = attempt.start_iteration
+        latest = trial.latest_checkpoint
+        self.resume_checkpoint = (
+            Checkpoint._committed_in(
+                store.storage.spec.child(f"{layout.trial_dir(trial.dir_name)}/{latest.dir_name}")
+            )
+            if latest is not None
+            else None
+        )
+        base = (latest.metrics if latest is not None else None) or {}
+        self.time_total = float(base.get("time_total_s", 0.0) or 0.0)
+        self.started = time.monotonic()
+        self.last_report = self.started
+        self.iterations_since_restore = 0
+        self.buffer: list[dict[str, Any]] = []
+        self.segment = 0
+        self.last_flush = self.started
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        self._lock = threading.Lock()
+
+    # -- the trainable's side --------------------------------------------------------------------
+
+    def report(self, metrics: Mapping[str, Any], checkpoint: Checkpoint | None = None) -> None:
+        if not isinstance(metrics, Mapping):
+            raise ReportError(
+                f"report() takes a dict of metrics, got {type(metrics).__name__}: "
+                "report({'loss': 0.1}, checkpoint=...)."
+            )
+        if checkpoint is not None and not isinstance(checkpoint, Checkpoint):
+            raise ReportError(
+                "report(checkpoint=...) takes a prefect_tune.Checkpoint, such as "
+                f"Checkpoint.from_directory(path); got {type(checkpoint).__name__}."
+            )
+        row = {str(k): _jsonable(str(k), v) for k, v in metrics.items()}
+        if self.metric is not None and self.metric not in row:
+            raise MetricNotReportedError(
+                f"The trainable reported {sorted(row)} without {self.metric!r}, the metric "
+                f"TuneConfig(metric={self.metric!r}) optimises. Report it in every result, or "
+                "change TuneConfig.metric."
+            )
+        now = time.monotonic()
+        self.iteration += 1
+        self.iterations_since_restore += 1
+        this_iter = now - self.last_report
+        self.last_report = now
+        self.time_total += this_iter
+        row.update(
+            training_iteration=self.iteration,
+            trial_id=self.trial.trial_id,
+            timestamp=int(time.time()),
+            date=dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S"),
+            time_this_iter_s=this_iter,
+            time_total_s=self.time_total,
+            time_since_restore=now - self.started,
+            iterations_since_restore=self.iterations_since_restore,
+            checkpoint_dir_name=None,
+            done=False,
+            hostname=self.host,
+            pid=self.pid,
+        )
+        with self._lock:
+            self.buffer.append(row)
+            self.trial.last_result = row
+            if checkpoint is not None:
+                self._commit_checkpoint(row, checkpoint)
+            elif now - self.last_flush >= self.flush_interval:
+                self.flush(write_state=True)
+        for control in self.controls:
+            decision = control.on_result(self.trial.trial_id, row)
+            if decision is not Decision.CONTINUE:
+                raise TrialStopped(decision)
+
+    # -- storage ---------------------------------------------------------------------------------
+
+    def flush(self, write_state: bool = False) -> None:
+        """Writes buffered result rows as a new segment (and the trial's state if asked)."""
+        if self.buffer:
+            self.segment += 1
+            self.store.write_results(self.trial.dir_name, self.attempt, self.segment, self.buffer)
+            self.buffer = []
+        self.last_flush = time.monotonic()
+        if write_state:
+            self.store.write_trial(self.trial)
+
+    def _commit_checkpoint(self, row: dict[str, Any], checkpoint: Checkpoint) -> None:
+        score_attr = self.checkpoint_config.checkpoint_score_attribute
+        if score_attr is not None and score_attr not in row:
+            raise MetricNotReportedError(
+                f"The result reported with a checkpoint has no {score_attr!r}, the "
+                f"CheckpointConfig(checkpoint_score_attribute={score_attr!r}) that ranks "
+                "checkpoints. Report it with every checkpoint."
+            )
+        trial = self.trial
+        index = trial.next_checkpoint_index
+        row["checkpoint_dir_name"] = layout.checkpoint_name(index)
+        # Rows up to this one must be durable before the checkpoint that follows them.
+        self.flush()
+        local_dir, cleanup = self._local_copy(checkpoint)
+        try:
+            dir_name, size = self.store.upload_checkpoint(trial.dir_name, index, local_dir)
+        finally:
+            if cleanup:
+                shutil.rmtree(local_dir, ignore_errors=True)
+        trial.checkpoints.append(
+            CheckpointRecord(
+                index=index,
+                dir_name=dir_name,
+                training_iteration=self.iteration,
+                metrics=row,
+                size_bytes=size,
+            )
+        )
+        trial.next_checkpoint_index = index + 1
+        dropped = self._checkpoints_to_drop()
+        trial.checkpoints = [c for c in trial.checkpoints if c not in dropped]
+        self.store.write_trial(trial)  # the commit point
+        self.store.delete_checkpoints(trial.dir_name, dropped)
+        self.resume_checkpoint = Checkpoint._committed_in(
+            self.store.storage.spec.child(f"{layout.trial_dir(trial.dir_name)}/{dir_name}")
+        )
+
+    @staticmethod
+    def _local_copy(checkpoint: Checkpoint) -> tuple[str, bool]:
+        storage = checkpoint._storage_root()
+        if storage.atomic_rename and not checkpoint._committed:
+            return storage.root, False
+        return checkpoint.to_directory(tempfile.mkdtemp(prefix="prefect-tune-ckpt-")), True
+
+    def _checkpoints_to_drop(self) -> list[CheckpointRecord]:
+        cfg = self.checkpoint_config
+        records = self.trial.checkpoints
+        if cfg.num_to_keep is None or len(records) <= cfg.num_to_keep:
+            return []
+        latest = records[-1]
+        if cfg.checkpoint_score_attribute is None:
+            keep = records[-cfg.num_to_keep :]
+        else:
+            attr = cfg.checkpoint_score_attribute
+            sign = 1.0 if cfg.checkpoint_score_order == "max" else -1.0
+
+            def score(record: CheckpointRecord) -> tuple[float, int]:
+                value = record.metrics.get(attr)
+                if not isinstance(value, (int, float)) or math.isnan(value):
+                    return (-math.inf, record.index)
+                return (sign * float(value), record.index)
+
+            keep = sorted(records, key=score, reverse=True)[: cfg.num_to_keep]
+        kept = {c.index for c in keep} | {latest.index}
+        return [c for c in records if c.index not in kept]

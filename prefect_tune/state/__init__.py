@@ -1,0 +1,27 @@
+"""Versioned models of the stored experiment, and the store that reads and writes them."""
+
+from prefect_tune.state._models import (
+    SCHEMA_VERSION,
+    AttemptRecord,
+    CheckpointRecord,
+    ExperimentDefinition,
+    ExperimentState,
+    FlowRunRecord,
+    TrialState,
+    TrialStatus,
+    load_document,
+)
+from prefect_tune.state._store import ExperimentStore
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "AttemptRecord",
+    "CheckpointRecord",
+    "ExperimentDefinition",
+    "ExperimentState",
+    "ExperimentStore",
+    "FlowRunRecord",
+    "TrialState",
+    "TrialStatus",
+    "load_document",
+]

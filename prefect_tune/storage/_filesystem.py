@@ -1,0 +1,262 @@
+"""`Storage`: every byte prefect-tune reads or writes under a ``storage_path`` goes through here.
+
+One code path serves the local disk, an NFS mount, S3, GCS and any other fsspec filesystem. The
+differences between them are capability flags (``atomic_rename``), never branches on the scheme.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import posixpath
+import threading
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from prefect_tune.storage._errors import driver_missing, redact, translated, unknown_scheme
+
+
+@dataclass(frozen=True)
+class StorageSpec:
+    """Where an experiment lives and how to reach it: what a Dask worker needs to open storage.
+
+    ``options`` may hold credentials: the spec is shipped to workers inside a task's arguments,
+    never logged, and its ``repr`` hides the options' values.
+    """
+
+    url: str
+    options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    def __repr__(self) -> str:
+        keys = ", ".join(sorted(self.options))
+        return f"StorageSpec(url={self.url!r}, options=<{keys or 'none'}>)"
+
+    def child(self, *parts: str) -> StorageSpec:
+        """The spec of a sub-path, with the same options."""
+        return StorageSpec(join_url(self.url, *parts), self.options)
+
+    def open(self) -> Storage:
+        """Returns a (per-process cached) :class:`Storage` for this spec."""
+        return Storage.open(self)
+
+
+def join_url(base: str, *parts: str) -> str:
+    """Joins path parts onto a local path or URL with ``/``."""
+    out = base.rstrip("/")
+    for part in parts:
+        part = part.strip("/")
+        if part:
+            out = f"{out}/{part}"
+    return out
+
+
+def normalize_url(url: str | os.PathLike[str]) -> str:
+    """Expands ``~`` and makes a local path absolute; leaves URLs with a protocol as they are."""
+    text = os.fspath(url)
+    protocol, _ = fsspec.core.split_protocol(text)
+    if protocol in (None, "file", "local"):
+        local = text.split("://", 1)[1] if protocol else text
+        return str(Path(local).expanduser().absolute()).rstrip("/") or "/"
+    return text.rstrip("/")
+
+
+class Storage:
+    """A directory on some filesystem, with the few operations prefect-tune needs.
+
+    All paths given to methods are relative to the storage root and use ``/``. Every method raises
+    a :class:`~prefect_tune.exceptions.StorageError` subclass on failure (never a raw driver
+    error) and is safe to call from several threads.
+
+    Examples:
+        >>> storage = Storage.open(StorageSpec("memory://doc-example"))
+        >>> storage.write_json("a/state.json", {"x": 1})
+        >>> storage.read_json("a/state.json")
+        {'x': 1}
+    """
+
+    _cache: dict[tuple[str, str], Storage] = {}
+    _cache_lock = threading.Lock()
+
+    def __init__(self, spec: StorageSpec):
+        self.spec = spec
+        self.url = normalize_url(spec.url)
+        protocol, _ = fsspec.core.split_protocol(self.url)
+        protocol = protocol or "file"
+        self.protocol = protocol
+        try:
+            fs_class = fsspec.get_filesystem_class(protocol)
+        except ImportError as exc:
+            raise driver_missing(protocol, exc) from exc
+        except ValueError as exc:
+            raise unknown_scheme(protocol) from exc
+        with translated(self.url):
+            if fs_class is LocalFileSystem or issubclass(fs_class, LocalFileSystem):
+                self.fs: fsspec.AbstractFileSystem = LocalFileSystem(auto_mkdir=True)
+                self.root = self.url
+            else:
+                self.fs, self.root = fsspec.core.url_to_fs(self.url, **spec.options)
+        self.root = self.root.rstrip("/")
+        #: Whether a rename within the root is atomic (POSIX). Object stores get atomicity from
+        #: single-object PUTs instead.
+        self.atomic_rename = isinstance(self.fs, LocalFileSystem)
+        #: Whether a file is visible to readers while it is being written.
+        self.writes_visible_early = isinstance(self.fs, LocalFileSystem)
+
+    @classmethod
+    def open(cls, spec: StorageSpec | str) -> Storage:
+        """Returns a Storage for ``spec``, reusing one made earlier in this process."""
+        if isinstance(spec, str):
+            spec = StorageSpec(spec)
+        key = (normalize_url(spec.url), json.dumps(spec.options, sort_keys=True, default=repr))
+        with cls._cache_lock:
+            found = cls._cache.get(key)
+        if found is not None:
+            return found
+        made = cls(spec)
+        with cls._cache_lock:
+            return cls._cache.setdefault(key, made)
+
+    def __repr__(self) -> str:
+        return f"Storage({self.url!r})"
+
+    # -- paths ---------------------------------------------------------------------------------
+
+    def full_path(self, rel: str = "") -> str:
+        """The filesystem path (no protocol) of ``rel``."""
+        rel = rel.strip("/")
+        return f"{self.root}/{rel}" if rel else self.root
+
+    def uri(self, rel: str = "") -> str:
+        """The URL of ``rel``, as a user would pass it back (a plain path for local storage)."""
+        return join_url(self.url, rel)
+
+    def sub(self, rel: str) -> Storage:
+        """A Storage rooted at ``rel`` below this one."""
+        return Storage.open(StorageSpec(self.uri(rel), self.spec.options))
+
+    # -- small files ---------------------------------------------------------------------------
+
+    def read_bytes(self, rel: str) -> bytes:
+        """Reads a whole file.
+
+        Raises:
+            StorageNotFoundError: ``rel`` does not exist.
+            StorageError: any other failure.
+        """
+        with translated(self.uri(rel)):
+            return bytes(self.fs.cat_file(self.full_path(rel)))
+
+    def read_json(self, rel: str) -> Any:
+        """Reads and parses a JSON file (see :meth:`read_bytes` for errors)."""
+        return json.loads(self.read_bytes(rel))
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """Writes a whole file atomically: a reader sees the old content or the new, never a mix.
+
+        On a local or NFS path the data goes to a temporary sibling that is renamed over the
+        target; on an object store it is one PUT.
+        """
+        path = self.full_path(rel)
+        with translated(self.uri(rel)):
+            if self.atomic_rename:
+                parent = posixpath.dirname(path)
+                os.makedirs(parent, exist_ok=True)
+                tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}"
+                try:
+                    with open(tmp, "wb") as handle:
+                        handle.write(data)
+                    os.replace(tmp, path)
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp)
+                    raise
+            else:
+                self.fs.pipe_file(path, data)
+
+    def write_json(self, rel: str, obj: Any) -> None:
+        """Serialises ``obj`` to JSON and writes it atomically."""
+        self.write_bytes(rel, json.dumps(obj, separators=(",", ":"), allow_nan=True).encode())
+
+    # -- directories -----------------------------------------------------------------------------
+
+    def exists(self, rel: str = "") -> bool:
+        """Whether ``rel`` exists (a file, or a directory with something in it on object stores)."""
+        with translated(self.uri(rel)):
+            self.fs.invalidate_cache(self.full_path(rel))
+            return bool(self.fs.exists(self.full_path(rel)))
+
+    def list_dir(self, rel: str = "") -> list[str]:
+        """Names of the direct children of ``rel``, sorted; ``[]`` when it does not exist."""
+        path = self.full_path(rel)
+        with translated(self.uri(rel)):
+            self.fs.invalidate_cache(path)
+            try:
+                entries = self.fs.ls(path, detail=False)
+            except FileNotFoundError:
+                return []
+        names = {posixpath.basename(str(entry).rstrip("/")) for entry in entries}
+        names.discard("")
+        return sorted(names)
+
+    def walk_files(self, rel: str = "") -> dict[str, int]:
+        """Every file below ``rel`` as ``{relative path: size in bytes}``."""
+        path = self.full_path(rel)
+        with translated(self.uri(rel)):
+            self.fs.invalidate_cache(path)
+            try:
+                found = self.fs.find(path, detail=True)
+            except FileNotFoundError:
+                return {}
+        out: dict[str, int] = {}
+        prefix = path.rstrip("/") + "/"
+        for name, info in found.items():
+            if info.get("type") == "directory":
+                continue
+            name = str(name)
+            out[name[len(prefix) :] if name.startswith(prefix) else posixpath.basename(name)] = int(
+                info.get("size") or 0
+            )
+        return out
+
+    def delete(self, rel: str) -> None:
+        """Deletes a file or a whole directory tree; a missing ``rel`` is not an error."""
+        path = self.full_path(rel)
+        with translated(self.uri(rel)):
+            self.fs.invalidate_cache(path)
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm(path, recursive=True)
+
+    # -- bulk transfer ---------------------------------------------------------------------------
+
+    def put_files(self, pairs: Iterable[tuple[str, str]]) -> None:
+        """Uploads local files: each pair is ``(local path, relative destination)``."""
+        pairs = list(pairs)
+        if not pairs:
+            return
+        sources = [local for local, _ in pairs]
+        targets = [self.full_path(rel) for _, rel in pairs]
+        with translated(self.uri(pairs[0][1])):
+            if self.atomic_rename:
+                for target in {posixpath.dirname(t) for t in targets}:
+                    os.makedirs(target, exist_ok=True)
+            self.fs.put(sources, targets)
+
+    def get_files(self, pairs: Iterable[tuple[str, str]]) -> None:
+        """Downloads files: each pair is ``(relative source, local destination)``."""
+        pairs = list(pairs)
+        if not pairs:
+            return
+        for _, local in pairs:
+            os.makedirs(os.path.dirname(local) or ".", exist_ok=True)
+        with translated(self.uri(pairs[0][0])):
+            self.fs.get([self.full_path(rel) for rel, _ in pairs], [local for _, local in pairs])
+
+
+__all__ = ["Storage", "StorageSpec", "join_url", "normalize_url", "redact"]

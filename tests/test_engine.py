@@ -1,0 +1,198 @@
+"""The engine on its own: controller, trial runs and session with an in-process executor."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import prefect_tune as tune
+from prefect_tune.config import CheckpointConfig, FailureConfig
+from prefect_tune.engine import (
+    BasicVariantGenerator,
+    ResumePolicy,
+    ThreadTrialExecutor,
+    TuneController,
+    describe_param_space,
+)
+from prefect_tune.exceptions import SessionError
+from prefect_tune.state import ExperimentDefinition, ExperimentStore, TrialStatus
+from prefect_tune.storage import Storage, StorageSpec, layout
+from tests import trainables
+
+
+def make_controller(
+    url: str,
+    trainable,
+    space,
+    *,
+    num_samples=1,
+    metric="loss",
+    checkpoint_config=None,
+    failure_config=None,
+    stop=None,
+    policy=None,
+):
+    store = ExperimentStore(Storage.open(StorageSpec(url)))
+    generator = BasicVariantGenerator(space, num_samples, seed=0)
+    if store.exists():
+        definition = store.read_definition()
+    else:
+        definition = ExperimentDefinition(
+            name="exp",
+            experiment_id="abcde",
+            trainable=trainable.__name__,
+            param_space=describe_param_space(space),
+            num_samples=num_samples,
+            seed=0,
+            total_trials=generator.total_trials,
+            metric=metric,
+            mode="min" if metric else None,
+        )
+        store.write_definition(definition)
+    controller = TuneController(
+        store=store,
+        definition=definition,
+        generator=generator,
+        trainable=trainable,
+        executor=ThreadTrialExecutor(2),
+        checkpoint_config=checkpoint_config or CheckpointConfig(),
+        failure_config=failure_config or FailureConfig(),
+        stop=stop,
+        policy=policy,
+        trainable_name=trainable.__name__,
+    )
+    return store, controller
+
+
+def test_runs_every_trial_and_stores_history(tmp_path):
+    store, controller = make_controller(
+        str(tmp_path / "exp"), trainables.quadratic, {"x": tune.grid_search([1.0, 2.0, 3.0])}
+    )
+    trials = controller.run()
+    assert [t.status for t in trials] == [TrialStatus.TERMINATED] * 3
+    assert [t.config["x"] for t in trials] == [1.0, 2.0, 3.0]
+    for trial in trials:
+        history = store.read_history(trial)
+        assert [row["training_iteration"] for row in history] == [1, 2, 3, 4, 5]
+        assert [row["loss"] for row in history] == [
+            (trial.config["x"] - 3.0) ** 2 / step for step in range(1, 6)
+        ]
+        assert trial.last_result is not None and trial.last_result["done"] is True
+        assert len(trial.checkpoints) == 5
+    state = store.read_state()
+    assert state is not None and state.finished
+    assert [t.status for t in state.trials] == [TrialStatus.TERMINATED] * 3
+
+
+def test_num_to_keep_keeps_best_by_score_and_latest(tmp_path):
+    store, controller = make_controller(
+        str(tmp_path / "exp"),
+        trainables.quadratic,
+        {"x": 5.0, "steps": 6},
+        checkpoint_config=CheckpointConfig(
+            num_to_keep=2, checkpoint_score_attribute="loss", checkpoint_score_order="max"
+        ),
+    )
+    (trial,) = controller.run()
+    # loss = 4 / step is largest at steps 1 and 2; step 6 is the latest, always kept.
+    assert [c.training_iteration for c in trial.checkpoints] == [1, 2, 6]
+    on_disk = sorted(
+        n
+        for n in store.storage.list_dir(layout.trial_dir(trial.dir_name))
+        if n.startswith("checkpoint_")
+    )
+    assert on_disk == [c.dir_name for c in trial.checkpoints]
+
+
+def test_stop_condition_ends_trial_at_report(tmp_path):
+    store, controller = make_controller(
+        str(tmp_path / "exp"),
+        trainables.quadratic,
+        {"x": 1.0, "steps": 50},
+        stop={"training_iteration": 3},
+    )
+    (trial,) = controller.run()
+    assert trial.status is TrialStatus.TERMINATED
+    assert [r["training_iteration"] for r in store.read_history(trial)] == [1, 2, 3]
+
+
+def test_failed_trial_resumes_from_checkpoint_with_exact_history(tmp_path):
+    # Fails at step 3 on every attempt: with max_failures=1 it runs twice then is ERROR.
+    store, controller = make_controller(
+        str(tmp_path / "exp"),
+        trainables.raises_at,
+        {"fail_at": 3},
+        failure_config=FailureConfig(max_failures=1),
+    )
+    (trial,) = controller.run()
+    assert trial.status is TrialStatus.ERROR
+    assert trial.num_failures == 2
+    assert len(trial.attempts) == 2
+    assert trial.attempts[1].start_iteration == 2
+    assert "boom at step 3" in (trial.error or "")
+    assert "Traceback" in (store.read_trial_text(trial.dir_name, "error.txt") or "")
+    assert [r["training_iteration"] for r in store.read_history(trial)] == [1, 2]
+
+
+def test_restore_runs_only_unfinished(tmp_path):
+    url = str(tmp_path / "exp")
+    store, controller = make_controller(
+        url, trainables.raises_at, {"fail_at": tune.grid_search([None, 3])}
+    )
+    trials = controller.run()
+    assert [t.status for t in trials] == [TrialStatus.TERMINATED, TrialStatus.ERROR]
+    finished_attempts = len(trials[0].attempts)
+
+    # Default restore skips the errored trial; resume_errored resumes it from step 2.
+    _, again = make_controller(url, trainables.raises_at, {"fail_at": tune.grid_search([None, 3])})
+    trials = again.run()
+    assert [t.status for t in trials] == [TrialStatus.TERMINATED, TrialStatus.ERROR]
+    assert len(trials[0].attempts) == finished_attempts
+
+    _, resumed = make_controller(
+        url,
+        trainables.raises_at,
+        {"fail_at": tune.grid_search([None, 3])},
+        policy=ResumePolicy(resume_errored=True),
+    )
+    trials = resumed.run()
+    assert len(trials[0].attempts) == finished_attempts  # finished trials never run again
+    assert trials[1].attempts[-1].start_iteration == 2
+
+
+def test_metric_never_reported_errors_the_trial(tmp_path):
+    store, controller = make_controller(
+        str(tmp_path / "exp"), trainables.reports_wrong_metric, {}, metric="loss"
+    )
+    (trial,) = controller.run()
+    assert trial.status is TrialStatus.ERROR
+    assert trial.error_type == "MetricNotReportedError"
+    assert "'loss'" in (trial.error or "") and "TuneConfig" in (trial.error or "")
+
+
+def test_report_outside_trial_raises():
+    with pytest.raises(SessionError, match="outside a trial"):
+        tune.report({"x": 1})
+    with pytest.raises(SessionError):
+        tune.get_checkpoint()
+
+
+def test_uncommitted_checkpoint_is_ignored_and_removed(tmp_path):
+    url = str(tmp_path / "exp")
+    store, controller = make_controller(url, trainables.raises_at, {"fail_at": 3})
+    (trial,) = controller.run()
+    assert trial.status is TrialStatus.ERROR
+    # A crash mid-upload: files of checkpoint_000002 without a manifest.
+    partial = layout.checkpoint_dir(trial.dir_name, 2)
+    store.storage.write_bytes(f"{partial}/state.json", json.dumps({"step": 99}).encode())
+    _, resumed = make_controller(
+        url,
+        trainables.raises_at,
+        {"fail_at": 3},
+        policy=ResumePolicy(resume_errored=True),
+    )
+    (trial,) = resumed.run()
+    # Resumed from the committed step 2, not the partial "step 99".
+    assert trial.attempts[-1].start_iteration == 2
+    assert not store.storage.exists(f"{partial}/state.json")

@@ -1,0 +1,221 @@
+"""End-to-end experiments: a real Prefect API, a real Dask cluster, local and S3 storage."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+
+import pytest
+from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, TaskRunFilter
+from prefect_dask import DaskTaskRunner
+
+import prefect_tune as tune
+from prefect_tune import CheckpointConfig, ResultGrid, RunConfig, TuneConfig, Tuner
+from prefect_tune.exceptions import (
+    ConfigError,
+    ConfigNotSerializableError,
+    MetricNotReportedError,
+    SearchSpaceError,
+    UnknownStorageSchemeError,
+)
+from prefect_tune.storage import Storage, StorageSpec, layout
+from tests import trainables
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def runner(dask_cluster):
+    return DaskTaskRunner(address=dask_cluster.scheduler_address)
+
+
+def quadratic_tuner(name, storage_path, runner, storage_options=None, **tune_kwargs):
+    return Tuner(
+        trainables.quadratic,
+        param_space={
+            "x": tune.grid_search([1.0, 2.0, 3.0, 4.0]),
+            "lr": tune.loguniform(1e-4, 1e-1),
+        },
+        tune_config=TuneConfig(
+            metric="loss", mode="min", max_concurrent_trials=2, seed=0, **tune_kwargs
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage_path,
+            storage_options=storage_options,
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=2, checkpoint_score_attribute="acc", checkpoint_score_order="max"
+            ),
+        ),
+        task_runner=runner,
+    )
+
+
+def check_quadratic_results(results: ResultGrid, storage: Storage) -> None:
+    """What a user sees after the quadratic experiment, checked against what it reported."""
+    assert len(results) == 4
+    assert results.num_terminated == 4 and results.num_errors == 0 and results.errors == []
+    best = results.get_best_result()
+    assert best.config["x"] == 3.0
+    assert best.metrics["loss"] == 0.0 and best.metrics["training_iteration"] == 5
+    frame = best.metrics_dataframe
+    assert list(frame["training_iteration"]) == [1, 2, 3, 4, 5]
+    assert list(frame["loss"]) == [0.0] * 5
+    for result in results:
+        x = result.config["x"]
+        assert result.metrics["loss"] == pytest.approx((x - 3.0) ** 2 / 5)
+        # acc rises with the step, so the best two by acc are the last two.
+        assert [m["training_iteration"] for _, m in result.best_checkpoints] == [4, 5]
+        with result.checkpoint.as_directory() as d, open(os.path.join(d, "state.json")) as fh:
+            assert json.load(fh) == {"step": 5, "x": x}
+    frame = results.get_dataframe()
+    assert sorted(frame["config/x"]) == [1.0, 2.0, 3.0, 4.0]
+    worst = results.get_best_result(metric="loss", mode="max")
+    assert worst.config["x"] == 1.0
+
+    # The stored tree.
+    assert storage.exists(layout.EXPERIMENT_FILE) and storage.exists(layout.EXPERIMENT_STATE_FILE)
+    trial_dirs = storage.list_dir(layout.TRIALS_DIR)
+    assert len(trial_dirs) == 4
+    for name in trial_dirs:
+        names = storage.list_dir(layout.trial_dir(name))
+        assert layout.TRIAL_FILE in names and layout.RESULTS_DIR in names
+        assert sorted(n for n in names if n.startswith("checkpoint_")) == [
+            "checkpoint_000003",
+            "checkpoint_000004",
+        ]
+        ckpt_files = storage.list_dir(f"{layout.trial_dir(name)}/checkpoint_000004")
+        assert layout.MANIFEST_FILE in ckpt_files and "state.json" in ckpt_files
+
+    # Rebuilt from the URI alone, with no cached filesystem.
+    Storage._cache.clear()
+    again = ResultGrid.from_path(storage.url, storage_options=storage.spec.options)
+    assert again.get_best_result().config == best.config
+    assert again.num_terminated == 4
+
+
+def test_local_experiment_end_to_end(prefect_api, runner, tmp_path):
+    results = quadratic_tuner("local-exp", str(tmp_path), runner).fit()
+    check_quadratic_results(results, Storage.open(StorageSpec(str(tmp_path / "local-exp"))))
+    assert results.experiment_path == str(tmp_path / "local-exp")
+
+    async def runs():
+        async with get_client() as client:
+            flow_runs = await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=["local-exp"]))
+            )
+            task_runs = await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id={"any_": [flow_runs[0].id]}),
+                task_run_filter=TaskRunFilter(),
+            )
+            return flow_runs, task_runs
+
+    flow_runs, task_runs = asyncio.run(runs())
+    assert len(flow_runs) == 1 and flow_runs[0].state.is_completed()
+    assert len(task_runs) == 4
+    for task_run in task_runs:
+        assert task_run.state.is_completed()
+        assert "local-exp" in task_run.tags
+        assert "x=" in task_run.name and task_run.name.startswith("quadratic_")
+
+
+def test_s3_experiment_end_to_end(prefect_api, runner, s3_server):
+    bucket = s3_server.new_bucket()
+    url = f"s3://{bucket}/sub-path"
+    results = quadratic_tuner("s3-exp", url, runner, storage_options=s3_server.options).fit()
+    check_quadratic_results(results, Storage.open(StorageSpec(f"{url}/s3-exp", s3_server.options)))
+
+
+def test_fit_inside_a_user_flow_is_a_subflow(prefect_api, runner, tmp_path):
+    @flow
+    def nightly_tuning():
+        return quadratic_tuner("sub-exp", str(tmp_path), runner).fit().num_terminated
+
+    assert nightly_tuning() == 4
+
+    async def parent_of_experiment():
+        async with get_client() as client:
+            (run,) = await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=["sub-exp"]))
+            )
+            return run.parent_task_run_id
+
+    assert asyncio.run(parent_of_experiment()) is not None
+
+
+def test_context_inside_a_trial(prefect_api, runner, tmp_path):
+    results = Tuner(
+        trainables.records_context,
+        tune_config=TuneConfig(metric="loss", mode="min"),
+        run_config=RunConfig(name="ctx", storage_path=str(tmp_path)),
+        task_runner=runner,
+    ).fit()
+    (result,) = list(results)
+    assert result.metrics["ctx_experiment"] == "ctx"
+    assert result.metrics["ctx_trial_dir"] == result.path
+    assert result.metrics["ctx_trial_id"] == result.metrics["trial_id"]
+
+
+def test_trainable_that_raises_and_missing_metric_are_errored_trials(prefect_api, runner, tmp_path):
+    results = Tuner(
+        trainables.raises_at,
+        param_space={"fail_at": tune.grid_search([None, 2])},
+        tune_config=TuneConfig(metric="loss", mode="min"),
+        run_config=RunConfig(name="errors", storage_path=str(tmp_path)),
+        task_runner=runner,
+    ).fit()
+    assert results.num_errors == 1 and results.num_terminated == 1
+    (error,) = results.errors
+    assert "boom at step 2" in str(error)
+    # Errored trials still count with what they reported (as in Ray Tune).
+    assert results.get_best_result(mode="max").config["fail_at"] is None
+    assert results.get_best_result().config["fail_at"] == 2
+    # The stored experiment is intact and loads elsewhere.
+    Storage._cache.clear()
+    assert ResultGrid.from_path(str(tmp_path / "errors")).num_errors == 1
+
+    results = Tuner(
+        trainables.reports_wrong_metric,
+        tune_config=TuneConfig(metric="loss", mode="min"),
+        run_config=RunConfig(name="wrong-metric", storage_path=str(tmp_path)),
+        task_runner=runner,
+    ).fit()
+    (error,) = results.errors
+    assert MetricNotReportedError.__name__ in str(error) and "'loss'" in str(error)
+
+
+def test_bad_input_fails_up_front_with_named_errors(tmp_path):
+    with pytest.raises(SearchSpaceError, match="greater than 0"):
+        tune.loguniform(0, 1)
+    with pytest.raises(SearchSpaceError, match=r"model.*lr"):
+        Tuner(trainables.quadratic, param_space={"model": {"lr": {"grid_search": []}}})
+    with pytest.raises(ConfigNotSerializableError, match="model"):
+        Tuner(trainables.quadratic, param_space={"model": object()})
+    with pytest.raises(UnknownStorageSchemeError, match="nosuch"):
+        Tuner(trainables.quadratic, run_config=RunConfig(name="e", storage_path="nosuch://x")).fit()
+    with pytest.raises(ConfigError, match="metric and mode"):
+        TuneConfig(metric="loss")
+
+
+def test_same_name_resumes_and_other_definition_is_refused(prefect_api, runner, tmp_path):
+    results = quadratic_tuner("again", str(tmp_path), runner).fit()
+    attempts = {r.trial_id: r for r in results}
+    assert len(attempts) == 4
+    # Running the same experiment again runs nothing: every trial is finished.
+    results = quadratic_tuner("again", str(tmp_path), runner).fit()
+    assert results.num_terminated == 4
+    storage = Storage.open(StorageSpec(str(tmp_path / "again")))
+    for name in storage.list_dir(layout.TRIALS_DIR):
+        trial = json.loads(storage.read_bytes(layout.trial_file(name)))
+        assert len(trial["attempts"]) == 1
+    with pytest.raises(ConfigError, match="different"):
+        Tuner(
+            trainables.quadratic,
+            param_space={"x": tune.grid_search([7.0])},
+            tune_config=TuneConfig(metric="loss", mode="min"),
+            run_config=RunConfig(name="again", storage_path=str(tmp_path)),
+            task_runner=runner,
+        ).fit()

@@ -1,0 +1,74 @@
+"""Trainables used by the tests. A module of its own so that Dask worker processes import it."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any
+
+import prefect_tune as tune
+from prefect_tune import Checkpoint
+
+
+def quadratic(config: dict[str, Any]) -> None:
+    """Deterministic: loss = (x - 3)^2 / step, acc = 1 / (1 + loss); a checkpoint every step.
+
+    The checkpoint stores the step so a resume continues after it; ``config["steps"]`` (default 5)
+    sets the number of steps.
+    """
+    start = 0
+    ckpt = tune.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d, open(os.path.join(d, "state.json")) as fh:
+            start = json.load(fh)["step"]
+    steps = int(config.get("steps", 5))
+    for step in range(start + 1, steps + 1):
+        loss = (config["x"] - 3.0) ** 2 / step
+        with tempfile.TemporaryDirectory() as d:
+            with open(os.path.join(d, "state.json"), "w") as fh:
+                json.dump({"step": step, "x": config["x"]}, fh)
+            with open(os.path.join(d, "weights.bin"), "wb") as fh:
+                fh.write(bytes([step % 256]) * 1024)
+            tune.report(
+                {"loss": loss, "acc": 1.0 / (1.0 + loss), "step": step},
+                checkpoint=Checkpoint.from_directory(d),
+            )
+
+
+def no_checkpoints(config: dict[str, Any]) -> None:
+    """Reports ``config["n"]`` results without checkpoints."""
+    for i in range(int(config.get("n", 3))):
+        tune.report({"score": config.get("x", 0) * (i + 1)})
+
+
+def raises_at(config: dict[str, Any]) -> None:
+    """Checkpoints every step and raises at step ``config["fail_at"]`` (if set)."""
+    start = 0
+    ckpt = tune.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d, open(os.path.join(d, "state.json")) as fh:
+            start = json.load(fh)["step"]
+    for step in range(start + 1, int(config.get("steps", 5)) + 1):
+        if config.get("fail_at") == step:
+            raise ValueError(f"boom at step {step}")
+        with tempfile.TemporaryDirectory() as d:
+            with open(os.path.join(d, "state.json"), "w") as fh:
+                json.dump({"step": step}, fh)
+            tune.report({"loss": float(step)}, checkpoint=Checkpoint.from_directory(d))
+
+
+def reports_wrong_metric(config: dict[str, Any]) -> None:
+    tune.report({"accuracy": 0.5})
+
+
+def records_context(config: dict[str, Any]) -> None:
+    ctx = tune.get_context()
+    tune.report(
+        {
+            "loss": 0.0,
+            "ctx_trial_id": ctx.get_trial_id(),
+            "ctx_experiment": ctx.get_experiment_name(),
+            "ctx_trial_dir": ctx.get_trial_dir(),
+        }
+    )
