@@ -123,7 +123,7 @@ def trials_table(results: ResultGrid) -> str:
     """One row per trial: its sampled config and last reported metrics, best first."""
     df = results.get_dataframe()
     config_columns = [c for c in df.columns if c.startswith("config/") and c != "config/epochs"]
-    wanted = ["trial_id", *config_columns, "training_iteration", "loss", "acc"]
+    wanted = ["trial_id", "status", *config_columns, "training_iteration", "loss", "acc"]
     table = df[[c for c in wanted if c in df.columns]]
     if METRIC in table.columns:
         table = table.sort_values(METRIC, ascending=(MODE == "min"))
@@ -131,7 +131,7 @@ def trials_table(results: ResultGrid) -> str:
     return table.to_string(index=False, float_format=lambda v: f"{v:.4g}")
 
 
-@flow(name="tune-digits", log_prints=True)
+@flow(name="tune-digits", flow_run_name="tune-{name}", log_prints=True)
 def tune_digits(
     storage_path: str = "~/prefect_tune_results",
     name: str = "digits",
@@ -189,15 +189,15 @@ def tune_digits(
         task_runner=task_runner,
     )
     results = tuner.fit()
-    experiment_path = f"{storage_path.rstrip('/')}/{name}"
 
     print(
-        f"Experiment {name!r} at {experiment_path}: {results.num_terminated} trials "
-        f"terminated, {results.num_errors} errored.\n"
+        f"Experiment {name!r} at {results.experiment_path}: {len(results)} trials, "
+        f"{results.num_terminated} terminated, {results.num_errors} errored.\n"
         f"{trials_table(results)}"
     )
-    for error in results.errors:
-        print(f"Trial error: {error!r}")
+    for result in results:
+        if result.error is not None:
+            print(f"Trial {result.trial_id} errored: {result.error}")
 
     best = results.get_best_result()
     if best.checkpoint is None:
@@ -220,7 +220,7 @@ def tune_digits(
         f"on the {len(data.y_test)} held-out test digits."
     )
     return {
-        "experiment_path": experiment_path,
+        "experiment_path": results.experiment_path,
         "best_config": best_config,
         "best_metrics": best_metrics,
         "best_checkpoint": best.checkpoint.path,

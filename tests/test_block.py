@@ -22,8 +22,10 @@ from urllib.request import urlopen
 import boto3
 import httpx
 import pytest
+from prefect.blocks.core import Block
 from prefect.client.orchestration import get_client
 from prefect.testing.standard_test_suites import BlockStandardTestSuite
+from prefect.types import SecretDict
 
 from prefect_tune import TuneStorage
 
@@ -33,7 +35,7 @@ class TestTuneStorageIsAStandardBlock(BlockStandardTestSuite):
     def block(self) -> type[TuneStorage]:
         return TuneStorage
 
-    def test_has_a_valid_image(self, block: type[TuneStorage]) -> None:
+    def test_has_a_valid_image(self, block: type[Block]) -> None:
         # Prefect requires an http(s) logo URL (a data: URL fails its validation when the block
         # type is saved), so checking the image needs the network.
         try:
@@ -102,12 +104,13 @@ def test_a_saved_block_works_by_name_in_a_fresh_process_and_keeps_its_secret(
             "endpoint_url": s3_server.endpoint_url,
             "client_kwargs": {"region_name": "us-east-1"},
         },
-        credentials={"key": "tune-key", "secret": secret},
+        credentials=SecretDict({"key": "tune-key", "secret": secret}),
     )
     block.save(name)
 
     # In this process: load by name, write through get_storage(), see the object in the bucket.
     loaded = TuneStorage.load(name)
+    assert isinstance(loaded, TuneStorage)
     assert loaded.spec().options["secret"] == secret
     loaded.get_storage().write_bytes("from-parent.txt", b"written by the test")
     s3 = boto3.client("s3", endpoint_url=s3_server.endpoint_url, region_name="us-east-1")

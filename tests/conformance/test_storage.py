@@ -445,10 +445,10 @@ def test_wrong_s3_credentials_are_named_and_the_secret_never_shown(s3_server) ->
                 shown = "".join(traceback.format_exception(caught.value))
                 assert wrong_secret not in shown
             # A read is refused too (its HEAD request gets a bare 403, so no more is known).
-            with pytest.raises(StorageError) as caught:
+            with pytest.raises(StorageError) as refused:
                 storage.read_bytes("ok.txt")
-            assert isinstance(caught.value, PermissionError)
-            assert wrong_secret not in "".join(traceback.format_exception(caught.value))
+            assert isinstance(refused.value, PermissionError)
+            assert wrong_secret not in "".join(traceback.format_exception(refused.value))
             assert wrong_secret not in repr(bad) + repr(storage)
 
     assert key["SecretAccessKey"] not in repr(right)
