@@ -47,7 +47,9 @@ class Checkpoint:
             CheckpointError: ``path`` is not an existing directory.
         """
         if not os.path.isdir(path):
-            raise CheckpointError(f"Checkpoint.from_directory: {os.fspath(path)!r} is not a directory.")
+            raise CheckpointError(
+                f"Checkpoint.from_directory: {os.fspath(path)!r} is not a directory."
+            )
         return cls(os.path.abspath(path))
 
     @classmethod
@@ -97,7 +99,9 @@ class Checkpoint:
         Raises:
             IncompleteCheckpointError: a stored checkpoint lacks files its manifest lists.
         """
-        target = os.path.abspath(path) if path is not None else tempfile.mkdtemp(prefix="checkpoint-")
+        target = (
+            os.path.abspath(path) if path is not None else tempfile.mkdtemp(prefix="checkpoint-")
+        )
         os.makedirs(target, exist_ok=True)
         files = self._files()
         storage = self._storage_root()

@@ -74,14 +74,20 @@ class TuneConfig:
         if self.num_samples != -1:
             _check_int(name, "num_samples", self.num_samples, 1, allow_none=False)
         _check_int(name, "max_concurrent_trials", self.max_concurrent_trials, 1)
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+        if self.seed is not None and (
+            isinstance(self.seed, bool) or not isinstance(self.seed, int)
+        ):
             raise _fail(name, "seed", f"must be an integer, got {self.seed!r}.")
         if self.time_budget_s is not None and (
             isinstance(self.time_budget_s, bool)
             or not isinstance(self.time_budget_s, (int, float))
             or self.time_budget_s <= 0
         ):
-            raise _fail(name, "time_budget_s", f"must be a positive number of seconds, got {self.time_budget_s!r}.")
+            raise _fail(
+                name,
+                "time_budget_s",
+                f"must be a positive number of seconds, got {self.time_budget_s!r}.",
+            )
 
 
 @dataclass(frozen=True)
@@ -109,11 +115,16 @@ class CheckpointConfig:
         name = type(self).__name__
         _check_int(name, "num_to_keep", self.num_to_keep, 1)
         if self.checkpoint_score_attribute is not None and (
-            not isinstance(self.checkpoint_score_attribute, str) or not self.checkpoint_score_attribute
+            not isinstance(self.checkpoint_score_attribute, str)
+            or not self.checkpoint_score_attribute
         ):
             raise _fail(name, "checkpoint_score_attribute", "must be a non-empty metric name.")
         if self.checkpoint_score_order not in ("max", "min"):
-            raise _fail(name, "checkpoint_score_order", f"must be 'max' or 'min', got {self.checkpoint_score_order!r}.")
+            raise _fail(
+                name,
+                "checkpoint_score_order",
+                f"must be 'max' or 'min', got {self.checkpoint_score_order!r}.",
+            )
         _check_int(name, "checkpoint_frequency", self.checkpoint_frequency, 0, allow_none=False)
         if self.checkpoint_frequency or self.checkpoint_at_end:
             raise ConfigError(
@@ -141,7 +152,11 @@ class FailureConfig:
         if self.max_failures != -1:
             _check_int("FailureConfig", "max_failures", self.max_failures, 0, allow_none=False)
         if self.fail_fast not in (True, False, "raise"):
-            raise _fail("FailureConfig", "fail_fast", f"must be True, False or 'raise', got {self.fail_fast!r}.")
+            raise _fail(
+                "FailureConfig",
+                "fail_fast",
+                f"must be True, False or 'raise', got {self.fail_fast!r}.",
+            )
 
 
 Stop = Mapping[str, float] | Callable[[str, dict[str, Any]], bool]
@@ -162,6 +177,16 @@ class RunConfig:
         failure_config: What to do when trials fail.
         stop: ``{"metric": threshold}`` (a trial stops once a reported value reaches its
             threshold) or a function ``(trial_id, result) -> bool``.
+        resume: What ``fit()`` does when an experiment of this name is already stored:
+            ``"auto"`` resumes it (its unfinished and errored trials run; finished ones never
+            run again) and starts a new one otherwise; ``"required"`` resumes and fails when
+            none is stored; ``"never"`` fails when one is stored; ``"overwrite"`` deletes the
+            stored experiment and starts afresh.
+        flow_retries: Prefect retries of the experiment flow run when it fails (trials ended
+            in ERROR, storage outage); each retry resumes unfinished and errored trials.
+        flow_retry_delay_s: Seconds between those retries.
+        lease_ttl_s: Seconds after which a driver that stopped renewing its lease (killed,
+            hung, cut off) may be taken over by another run of the experiment.
 
     Examples:
         >>> RunConfig(name="exp", storage_path="s3://bucket/tune", stop={"training_iteration": 10})
@@ -176,36 +201,70 @@ class RunConfig:
     checkpoint_config: CheckpointConfig = field(default_factory=CheckpointConfig)
     failure_config: FailureConfig = field(default_factory=FailureConfig)
     stop: Stop | None = None
+    resume: Literal["auto", "required", "never", "overwrite"] = "auto"
+    flow_retries: int = 0
+    flow_retry_delay_s: float = 0.0
+    lease_ttl_s: float = 60.0
 
     def __post_init__(self) -> None:
+        if self.resume not in ("auto", "required", "never", "overwrite"):
+            raise _fail(
+                "RunConfig",
+                "resume",
+                f"must be 'auto', 'required', 'never' or 'overwrite', got {self.resume!r}.",
+            )
+        _check_int("RunConfig", "flow_retries", self.flow_retries, 0, allow_none=False)
+        for name in ("flow_retry_delay_s", "lease_ttl_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise _fail("RunConfig", name, f"must be a number of seconds >= 0, got {value!r}.")
+        if self.lease_ttl_s < 1:
+            raise _fail(
+                "RunConfig", "lease_ttl_s", f"must be at least 1 second, got {self.lease_ttl_s!r}."
+            )
         if self.name is not None:
             if not isinstance(self.name, str) or not self.name.strip():
                 raise _fail("RunConfig", "name", "must be a non-empty string.")
             if "/" in self.name or "\\" in self.name or self.name in (".", ".."):
-                raise _fail("RunConfig", "name", f"is a directory name and cannot contain '/': {self.name!r}.")
+                raise _fail(
+                    "RunConfig",
+                    "name",
+                    f"is a directory name and cannot contain '/': {self.name!r}.",
+                )
         if self.storage is not None and (self.storage_path is not None or self.storage_options):
             raise ConfigError(
                 "RunConfig: give either storage (a TuneStorage block) or storage_path with "
                 "storage_options, not both."
             )
         if self.storage is not None and not hasattr(self.storage, "spec"):
-            raise _fail("RunConfig", "storage", f"must be a TuneStorage block, got {type(self.storage).__name__}.")
+            raise _fail(
+                "RunConfig",
+                "storage",
+                f"must be a TuneStorage block, got {type(self.storage).__name__}.",
+            )
         if self.storage_path is not None and not isinstance(self.storage_path, (str, os.PathLike)):
-            raise _fail("RunConfig", "storage_path", f"must be a path or URL string, got {type(self.storage_path).__name__}.")
+            raise _fail(
+                "RunConfig",
+                "storage_path",
+                f"must be a path or URL string, got {type(self.storage_path).__name__}.",
+            )
         if not isinstance(self.checkpoint_config, CheckpointConfig):
             raise _fail("RunConfig", "checkpoint_config", "must be a CheckpointConfig.")
         if not isinstance(self.failure_config, FailureConfig):
             raise _fail("RunConfig", "failure_config", "must be a FailureConfig.")
-        if self.stop is not None and not callable(self.stop):
-            if not isinstance(self.stop, Mapping) or not all(
-                isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
-                for k, v in self.stop.items()
-            ):
-                raise _fail(
-                    "RunConfig",
-                    "stop",
-                    "must be a dict of metric name -> number, or a function (trial_id, result) -> bool.",
-                )
+        if self.stop is not None and not callable(self.stop) and not _is_stop_dict(self.stop):
+            raise _fail(
+                "RunConfig",
+                "stop",
+                "must be a dict of metric name -> number, or a function (trial_id, result) -> bool.",
+            )
+
+
+def _is_stop_dict(stop: Any) -> bool:
+    return isinstance(stop, Mapping) and all(
+        isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
+        for k, v in stop.items()
+    )
 
 
 def config_as_dict(config: Any) -> dict[str, Any]:

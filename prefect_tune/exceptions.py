@@ -26,7 +26,11 @@ __all__ = [
     "UnsupportedSchemaVersionError",
     "ExperimentNotFoundError",
     "ReportError",
+    "ExperimentLockedError",
+    "LeaseLostError",
+    "ExperimentExistsError",
     "TrialError",
+    "TrialsErroredError",
     "SessionError",
 ]
 
@@ -106,8 +110,24 @@ class ReportError(PrefectTuneError, TypeError):
     """``report()`` was given metrics that are not a dict of JSON-friendly values."""
 
 
+class ExperimentLockedError(StateError, RuntimeError):
+    """Another live driver holds the experiment's lease."""
+
+
+class LeaseLostError(StateError, RuntimeError):
+    """This driver's lease was taken over by another driver; it must stop writing."""
+
+
+class ExperimentExistsError(StateError, FileExistsError):
+    """An experiment is already stored where ``RunConfig(resume="never")`` wanted a new one."""
+
+
 class TrialError(PrefectTuneError, RuntimeError):
     """A trial's trainable raised; the original exception is the ``__cause__``."""
+
+
+class TrialsErroredError(TrialError):
+    """The experiment ended with errored trials; it is stored and can be resumed."""
 
 
 class SessionError(PrefectTuneError, RuntimeError):

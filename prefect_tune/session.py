@@ -53,6 +53,8 @@ class Decision(enum.Enum):
     CONTINUE = "CONTINUE"
     STOP = "STOP"
     PAUSE = "PAUSE"
+    #: The trial's driver lost the experiment to another driver: stop, and write nothing more.
+    ABANDON = "ABANDON"
 
 
 class TrialControl(Protocol):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
+import logging
 import os
 import secrets
 from collections.abc import Callable
@@ -12,19 +14,28 @@ from typing import Any
 
 from prefect.task_runners import TaskRunner
 
-from prefect_tune.config import RunConfig, TuneConfig
+from prefect_tune.config import CheckpointConfig, FailureConfig, RunConfig, TuneConfig
 from prefect_tune.engine import (
     BasicVariantGenerator,
     ResumePolicy,
     TuneController,
     describe_param_space,
 )
-from prefect_tune.exceptions import ConfigError
+from prefect_tune.engine._search import space_from_description
+from prefect_tune.exceptions import (
+    ConfigError,
+    ExperimentExistsError,
+    ExperimentNotFoundError,
+    SearchSpaceError,
+    TrialsErroredError,
+)
 from prefect_tune.results import ResultGrid
 from prefect_tune.state import ExperimentDefinition, ExperimentStore, FlowRunRecord
-from prefect_tune.storage import StorageSpec
+from prefect_tune.storage import StorageSpec, TuneStorage
 
 DEFAULT_STORAGE_PATH = "~/prefect_tune_results"
+
+logger = logging.getLogger("prefect_tune")
 
 # Configs are validated up front (each is cheap to generate) up to this many trials.
 _VALIDATE_UP_TO = 10_000
@@ -46,11 +57,63 @@ def _stop_description(stop: Any) -> Any:
     return f"<function {_qualified_name(stop)}>"
 
 
+def _api_url_for_workers() -> str | None:
+    """The Prefect API URL this process uses, starting Prefect's temporary server if that is
+    what it would use."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+    url = PREFECT_API_URL.value()
+    if url:
+        return str(url)
+    if not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        return None
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    server.start()
+    return server.api_url
+
+
+def _experiment_spec(
+    path: str | os.PathLike[str],
+    storage_options: dict[str, Any] | None,
+    storage: TuneStorage | None,
+) -> StorageSpec:
+    if storage is not None:
+        if storage_options:
+            raise ConfigError(
+                "Give either storage (a TuneStorage block) or storage_options, not both."
+            )
+        root = storage.spec()
+        text = os.fspath(path)
+        return root if not text else root.child(text)
+    return StorageSpec(os.fspath(path), dict(storage_options or {}))
+
+
+def _rebuild_space(definition: ExperimentDefinition, store: ExperimentStore) -> dict[str, Any]:
+    """The stored search space, rebuilt; an empty one if it cannot be rebuilt but every trial
+    already exists (their configs are stored), so no new config is ever drawn from it."""
+    try:
+        return space_from_description(definition.param_space)
+    except SearchSpaceError:
+        if definition.total_trials is None:
+            raise
+        state, trials = store.load_trials()
+        created = max([state.next_trial_index if state else 0, *(t.index + 1 for t in trials)])
+        if created < definition.total_trials:
+            raise
+        return {}
+
+
 def storage_root(run_config: RunConfig) -> StorageSpec:
     """The storage root (above experiment directories) a RunConfig points at."""
     if run_config.storage is not None:
         return run_config.storage.spec()
-    path = os.fspath(run_config.storage_path) if run_config.storage_path is not None else DEFAULT_STORAGE_PATH
+    path = (
+        os.fspath(run_config.storage_path)
+        if run_config.storage_path is not None
+        else DEFAULT_STORAGE_PATH
+    )
     return StorageSpec(path, dict(run_config.storage_options or {}))
 
 
@@ -98,7 +161,9 @@ class Tuner:
         task_runner: TaskRunner[Any] | None = None,
     ):
         if not callable(trainable):
-            raise ConfigError(f"Tuner: trainable must be a function taking a config dict, got {type(trainable).__name__}.")
+            raise ConfigError(
+                f"Tuner: trainable must be a function taking a config dict, got {type(trainable).__name__}."
+            )
         if isinstance(trainable, type):
             raise ConfigError(
                 "Tuner: class trainables are not supported; pass a function "
@@ -111,19 +176,27 @@ class Tuner:
         if not isinstance(run_config, RunConfig):
             raise ConfigError("Tuner: run_config must be a RunConfig.")
         if task_runner is not None and not isinstance(task_runner, TaskRunner):
-            raise ConfigError("Tuner: task_runner must be a Prefect task runner such as DaskTaskRunner(...).")
+            raise ConfigError(
+                "Tuner: task_runner must be a Prefect task runner such as DaskTaskRunner(...)."
+            )
         self.trainable = trainable
         self.param_space = dict(param_space or {})
         self.tune_config = tune_config
         self.run_config = run_config
         self.task_runner = task_runner
-        self.name = run_config.name or f"{_trainable_name(trainable)}_{dt.datetime.now():%Y-%m-%d_%H-%M-%S}"
-        self.generator = BasicVariantGenerator(self.param_space, tune_config.num_samples, tune_config.seed)
+        self.name = (
+            run_config.name or f"{_trainable_name(trainable)}_{dt.datetime.now():%Y-%m-%d_%H-%M-%S}"
+        )
+        self.generator = BasicVariantGenerator(
+            self.param_space, tune_config.num_samples, tune_config.seed
+        )
         total = self.generator.total_trials
         for index in range(min(total if total is not None else 1, _VALIDATE_UP_TO)):
             self.generator.config_for(index)
         self.experiment = storage_root(run_config).child(self.name)
-        self._policy = ResumePolicy()
+        # "Any later run of the same experiment runs what is unfinished or errored."
+        self._policy = ResumePolicy(resume_unfinished=True, resume_errored=True)
+        self._restoring = False
         self._results: ResultGrid | None = None
 
     # -- definition ------------------------------------------------------------------------------
@@ -147,12 +220,32 @@ class Tuner:
         )
 
     def _prepare(self, store: ExperimentStore) -> ExperimentDefinition:
-        """Writes the definition of a new experiment, or checks a stored one matches."""
-        fresh = self._definition()
-        if not store.exists():
+        """Writes the definition of a new experiment, or checks a stored one matches, as
+        ``RunConfig(resume=...)`` says."""
+        mode = self.run_config.resume if not self._restoring else "required"
+        exists = store.exists()
+        if exists and mode == "overwrite":
+            store.storage.delete("")
+            exists = False
+        if exists and mode == "never":
+            raise ExperimentExistsError(
+                f"An experiment named {self.name!r} is already stored at {store.uri} and "
+                "RunConfig(resume='never') asks for a new one. Choose another name, or "
+                "resume='auto' to resume it, or resume='overwrite' to replace it."
+            )
+        if not exists:
+            if mode == "required":
+                raise ExperimentNotFoundError(
+                    f"No experiment is stored at {store.uri} to resume "
+                    "(RunConfig(resume='required'))."
+                )
+            fresh = self._definition()
             store.write_definition(fresh)
             return fresh
         stored = store.read_definition()
+        if self._restoring:
+            return stored
+        fresh = self._definition()
         differences = [
             field
             for field in ("param_space", "num_samples", "metric", "mode")
@@ -164,53 +257,176 @@ class Tuner:
             raise ConfigError(
                 f"An experiment named {self.name!r} is already stored at {store.uri} with a "
                 f"different {', '.join(differences)}. Use another RunConfig(name=...) for a new "
-                "experiment, or the same definition to resume it."
+                "experiment, RunConfig(resume='overwrite') to replace it, or the same "
+                "definition to resume it."
             )
         # Resuming: keep the stored seed so trial configs continue the same sequence.
         self.generator = BasicVariantGenerator(self.param_space, stored.num_samples, stored.seed)
         return stored
 
+    # -- restoring -------------------------------------------------------------------------------
+
+    @classmethod
+    def can_restore(
+        cls,
+        path: str | os.PathLike[str],
+        storage_options: dict[str, Any] | None = None,
+        storage: TuneStorage | None = None,
+    ) -> bool:
+        """Whether an experiment is stored at ``path`` (a local path or URL of its directory).
+
+        Raises:
+            StorageError: the storage cannot be reached (bad credentials, missing driver...).
+        """
+        spec = _experiment_spec(path, storage_options, storage)
+        return ExperimentStore(spec.open()).exists()
+
+    @classmethod
+    def restore(
+        cls,
+        path: str | os.PathLike[str],
+        trainable: Callable[[dict[str, Any]], Any],
+        *,
+        resume_unfinished: bool = True,
+        resume_errored: bool = False,
+        restart_errored: bool = False,
+        param_space: dict[str, Any] | None = None,
+        storage_options: dict[str, Any] | None = None,
+        storage: TuneStorage | None = None,
+        task_runner: TaskRunner[Any] | None = None,
+    ) -> Tuner:
+        """A Tuner that continues the experiment stored at ``path``, with Ray Tune's flags.
+
+        Works on any machine that can reach the storage, and on an experiment directory that
+        was moved or copied: everything is read from ``path``. Finished trials never run again.
+
+        Args:
+            path: The experiment's directory: a local/NFS path or a URL (``s3://b/exp``).
+            trainable: The same trainable (functions are not stored).
+            resume_unfinished: Run trials that were pending, running or paused.
+            resume_errored: Resume errored trials from their latest checkpoint.
+            restart_errored: Run errored trials again from scratch (wins over resume_errored).
+            param_space: The original search space; needed only when it used ``sample_from``
+                and trials remain to be created.
+            storage_options: fsspec options for ``path`` (endpoint, credentials).
+            storage: A TuneStorage block; ``path`` is then taken below its ``storage_path``.
+            task_runner: Where trials run (default: a local Dask cluster).
+
+        Raises:
+            ExperimentNotFoundError: nothing is stored at ``path``.
+            SearchSpaceError: the stored space cannot be rebuilt and no param_space was given.
+
+        Examples:
+            >>> tuner = Tuner.restore("s3://bucket/tune/exp", train_fn, resume_errored=True)  # doctest: +SKIP
+            >>> results = tuner.fit()  # doctest: +SKIP
+        """
+        spec = _experiment_spec(path, storage_options, storage)
+        store = ExperimentStore(spec.open())
+        definition = store.read_definition()
+        space = param_space if param_space is not None else _rebuild_space(definition, store)
+        tc = definition.tune_config
+        tune_config = TuneConfig(
+            metric=definition.metric,
+            mode=definition.mode,  # type: ignore[arg-type]
+            num_samples=definition.num_samples,
+            max_concurrent_trials=tc.get("max_concurrent_trials"),
+            seed=definition.seed,
+            time_budget_s=tc.get("time_budget_s"),
+        )
+        run_config = RunConfig(
+            name=definition.name,
+            checkpoint_config=CheckpointConfig(**definition.checkpoint_config),
+            failure_config=FailureConfig(**definition.failure_config),
+            stop=definition.stop if isinstance(definition.stop, dict) else None,
+        )
+        if definition.stop is not None and not isinstance(definition.stop, dict):
+            logger.warning(
+                "The experiment stopped trials with %s, which cannot be stored; restored trials "
+                "run without it.",
+                definition.stop,
+            )
+        tuner = cls(
+            trainable,
+            param_space=space,
+            tune_config=tune_config,
+            run_config=run_config,
+            task_runner=task_runner,
+        )
+        tuner.experiment = spec
+        tuner._restoring = True
+        tuner._policy = ResumePolicy(
+            resume_unfinished=resume_unfinished,
+            resume_errored=resume_errored,
+            restart_errored=restart_errored,
+        )
+        return tuner
+
     # -- running ---------------------------------------------------------------------------------
 
     def _default_task_runner(self) -> TaskRunner[Any]:
+        """A ``DaskTaskRunner`` on a new local cluster whose workers report to this process's
+        Prefect API (when that API is Prefect's temporary one, workers would otherwise each
+        start their own)."""
         from prefect_dask import DaskTaskRunner
 
-        return DaskTaskRunner()
+        url = _api_url_for_workers()
+        return DaskTaskRunner(cluster_kwargs={"env": {"PREFECT_API_URL": url}} if url else {})
 
     def fit(self) -> ResultGrid:
         """Runs the experiment (or the part of it not yet finished) and returns its results.
 
-        Trial errors do not raise here (see ``ResultGrid.errors``), unless
-        ``FailureConfig(fail_fast="raise")``.
+        Trial errors do not raise here (see ``ResultGrid.errors``; the experiment's flow run is
+        FAILED and a later run resumes them), unless ``FailureConfig(fail_fast="raise")``.
 
         Raises:
             StorageError: the storage path cannot be reached or written.
             ConfigError: a stored experiment of the same name has another definition.
+            ExperimentLockedError: another live driver is running this experiment.
+            TrialError: a trial errored and ``fail_fast="raise"``.
         """
         store = ExperimentStore(self.experiment.open())
         definition = self._prepare(store)
-        task_runner = self.task_runner if self.task_runner is not None else self._default_task_runner()
+        task_runner = (
+            self.task_runner if self.task_runner is not None else self._default_task_runner()
+        )
+        rc = self.run_config
 
         def build(executor: Any, flow_run: FlowRunRecord) -> TuneController:
+            policy = self._policy
+            if flow_run.run_count > 1:  # a Prefect retry of the failed experiment flow
+                policy = dataclasses.replace(policy, resume_unfinished=True, resume_errored=True)
             return TuneController(
                 store=store,
                 definition=definition,
                 generator=self.generator,
                 trainable=self.trainable,
                 executor=executor,
-                checkpoint_config=self.run_config.checkpoint_config,
-                failure_config=self.run_config.failure_config,
-                stop=self.run_config.stop,
+                checkpoint_config=rc.checkpoint_config,
+                failure_config=rc.failure_config,
+                stop=rc.stop,
                 max_concurrent_trials=self.tune_config.max_concurrent_trials,
                 time_budget_s=self.tune_config.time_budget_s,
-                policy=self._policy,
+                policy=policy,
                 flow_run=flow_run,
                 trainable_name=_trainable_name(self.trainable),
+                lease_ttl_s=rc.lease_ttl_s,
             )
 
         from prefect_tune.prefect import run_experiment_flow
 
-        trials = run_experiment_flow(build, name=self.name, task_runner=task_runner)
+        try:
+            trials = run_experiment_flow(
+                build,
+                name=definition.name,
+                task_runner=task_runner,
+                retries=rc.flow_retries,
+                retry_delay_seconds=rc.flow_retry_delay_s,
+            )
+        except TrialsErroredError:
+            if rc.failure_config.fail_fast == "raise":
+                raise
+            self._results = ResultGrid(store, definition=definition)
+            return self._results
         self._results = ResultGrid(store, trials=trials, definition=definition)
         return self._results
 

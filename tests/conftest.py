@@ -241,10 +241,11 @@ def storage_spec(
 
 
 @pytest.fixture(scope="session")
-def dask_cluster() -> Iterator[Any]:
+def dask_cluster(prefect_api: str) -> Iterator[Any]:
     """A ``distributed.LocalCluster`` of two worker processes with two threads each.
 
-    Pass ``DaskTaskRunner(address=dask_cluster.scheduler_address)`` to run flows on it.
+    Pass ``DaskTaskRunner(address=dask_cluster.scheduler_address)`` to run flows on it. Its
+    workers report task runs to the test Prefect API, as a real deployment's workers would.
     """
     from distributed import LocalCluster
 
@@ -254,5 +255,6 @@ def dask_cluster() -> Iterator[Any]:
         processes=True,
         host="127.0.0.1",
         dashboard_address=None,
+        env={"PREFECT_API_URL": prefect_api},
     ) as cluster:
         yield cluster

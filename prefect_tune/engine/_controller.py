@@ -17,10 +17,13 @@ from prefect_tune.engine._trial_run import TrialOutcome, TrialRequest
 from prefect_tune.exceptions import TrialError
 from prefect_tune.session import Decision
 from prefect_tune.state import (
+    DEFAULT_LEASE_TTL_S,
     ExperimentDefinition,
     ExperimentState,
     ExperimentStore,
     FlowRunRecord,
+    Lease,
+    LeaseHolder,
     TrialState,
     TrialStatus,
 )
@@ -46,10 +49,7 @@ def trial_summary(config: dict[str, Any], limit: int = 60) -> str:
             for key, inner in value.items():
                 walk(f"{prefix}{key}." if isinstance(inner, dict) else f"{prefix}{key}", inner)
             return
-        if isinstance(value, float):
-            text = f"{value:.4g}"
-        else:
-            text = str(value)
+        text = f"{value:.4g}" if isinstance(value, float) else str(value)
         parts.append(f"{prefix.rstrip('.')}={text[:20]}")
 
     walk("", config)
@@ -76,6 +76,10 @@ class TuneController:
         policy: Which stored trials run again.
         flow_run: The flow run driving this, recorded in the experiment's lineage.
         trainable_name: Prefix of trial directory and trial names.
+        state_save_interval_s: Least time between two writes of the experiment snapshot.
+        lease_ttl_s: Seconds without lease renewal after which another driver may take over.
+        fence_interval_s: How often running trials check the lease.
+        on_takeover: Called with the lease of a driver that was taken over (it crashed).
     """
 
     def __init__(
@@ -95,6 +99,9 @@ class TuneController:
         flow_run: FlowRunRecord | None = None,
         trainable_name: str = "trainable",
         state_save_interval_s: float = 1.0,
+        lease_ttl_s: float = DEFAULT_LEASE_TTL_S,
+        fence_interval_s: float = 2.0,
+        on_takeover: Callable[[Lease], None] | None = None,
     ):
         self.store = store
         self.definition = definition
@@ -110,6 +117,15 @@ class TuneController:
         self.flow_run = flow_run
         self.trainable_name = trainable_name
         self.save_interval = state_save_interval_s
+        self.lease = LeaseHolder(
+            store.storage,
+            ttl_s=lease_ttl_s,
+            flow_run={"id": flow_run.flow_run_id, "name": flow_run.flow_run_name}
+            if flow_run
+            else None,
+        )
+        self.fence_interval_s = fence_interval_s
+        self.on_takeover = on_takeover
         self.trials: dict[int, TrialState] = {}
         self.state: ExperimentState | None = None
         self._queue: deque[tuple[int, bool]] = deque()  # (trial index, restart from scratch)
@@ -163,7 +179,8 @@ class TuneController:
         self._dirty = True
 
     def _has_more_trials(self) -> bool:
-        total = self.generator.total_trials
+        # The stored definition decides: a restored generator may be a stand-in.
+        total = self.definition.total_trials
         assert self.state is not None
         return total is None or self.state.next_trial_index < total
 
@@ -179,6 +196,30 @@ class TuneController:
             TrialError: a trial errored and ``FailureConfig(fail_fast="raise")``.
         """
         self.executor.check_storage(self.store.storage)
+        previous = self.lease.acquire()
+        try:
+            if previous is not None:
+                self._taken_over(previous)
+            return self._run()
+        finally:
+            self.lease.release()
+
+    def _taken_over(self, previous: Lease) -> None:
+        logger.warning(
+            "Taking over experiment %s from %s, which stopped without releasing it.",
+            self.definition.name,
+            previous.describe(),
+        )
+        if self.on_takeover is not None:
+            try:
+                self.on_takeover(previous)
+            except Exception as exc:  # bookkeeping only: never block the resume
+                logger.warning("Could not record the takeover of %s: %s", previous.describe(), exc)
+        # Trials the old driver left running see the new lease at their next fence check;
+        # give them that long to stop before their trials start again.
+        time.sleep(self.fence_interval_s + 0.5)
+
+    def _run(self) -> list[TrialState]:
         self._load()
         self._save(force=True)
         start = time.monotonic()
@@ -186,18 +227,26 @@ class TuneController:
         limit = self.max_concurrent or max(1, self.executor.capacity())
         try:
             while True:
-                out_of_time = self.time_budget_s is not None and time.monotonic() - start >= self.time_budget_s
-                while len(self._running) < limit and not out_of_time and self._fail_fast_error is None:
+                out_of_time = (
+                    self.time_budget_s is not None
+                    and time.monotonic() - start >= self.time_budget_s
+                )
+                while (
+                    len(self._running) < limit and not out_of_time and self._fail_fast_error is None
+                ):
                     if not self._launch_next(deadline):
                         break
                 if not self._running:
                     break
                 for handle, result in self.executor.wait(timeout=1.0):
                     self._on_done(handle, result)
+                self.lease.check()
                 self._save()
         finally:
             assert self.state is not None
-            self.state.finished = not self._running and not self._queue and not self._has_more_trials()
+            self.state.finished = (
+                not self._running and not self._queue and not self._has_more_trials()
+            )
             self._save(force=True)
         if self._fail_fast_error is not None and self.failure_config.fail_fast == "raise":
             raise self._fail_fast_error
@@ -227,6 +276,8 @@ class TuneController:
             deadline=deadline,
             restart=restart,
             flow_run_id=self.flow_run.flow_run_id if self.flow_run else None,
+            lease_owner=self.lease.owner,
+            fence_interval_s=self.fence_interval_s,
         )
         trial.status = TrialStatus.RUNNING
         handle = self.executor.submit(request)
@@ -239,7 +290,7 @@ class TuneController:
         self._dirty = True
         if isinstance(result, TrialOutcome):
             self.trials[index] = result.trial
-            if result.decision is Decision.PAUSE:
+            if result.decision is Decision.PAUSE and self._fail_fast_error is None:
                 self._enqueue(result.trial)
             return
         trial = self._failed_trial(index, result)
@@ -259,6 +310,8 @@ class TuneController:
         logger.error("Trial %s errored: %s", trial.trial_id, trial.error)
         if self.failure_config.fail_fast and self._fail_fast_error is None:
             self._fail_fast_error = TrialError(f"Trial {trial.trial_id} errored: {trial.error}")
+            # Running trials pause at their next fence check and stay resumable.
+            self.lease.request_stop_trials()
 
     def _failed_trial(self, index: int, error: BaseException) -> TrialState:
         """The stored state of a trial whose task run raised, completed if its worker died."""
@@ -280,6 +333,8 @@ class TuneController:
     def _save(self, force: bool = False) -> None:
         assert self.state is not None
         if not self._dirty and not force:
+            return
+        if self.lease.lost is not None:  # never overwrite the new driver's snapshot
             return
         now = time.monotonic()
         # Rewriting a large snapshot too often would dominate; space saves by their own cost.

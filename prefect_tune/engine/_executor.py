@@ -11,8 +11,8 @@ import queue
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
-from prefect_tune.storage import Storage
 from prefect_tune.engine._trial_run import TrialOutcome, TrialRequest, run_trial
+from prefect_tune.storage import Storage
 
 Completion = tuple[Any, "TrialOutcome | BaseException"]
 

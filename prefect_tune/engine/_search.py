@@ -412,3 +412,50 @@ def _key_message(where: str, key: Any) -> str:
         f"{where} has a key of type {type(key).__name__} ({key!r}), which cannot be stored as "
         f"JSON; use string keys."
     )
+
+
+def space_from_description(description: Mapping[str, Any]) -> dict[str, Any]:
+    """Rebuilds a ``param_space`` from :func:`describe_param_space` output.
+
+    Used to restore an experiment without its original ``param_space``.
+
+    Raises:
+        SearchSpaceError: the description holds something that cannot be rebuilt exactly (a
+            ``sample_from`` function, a value stored by its repr); pass ``param_space`` then.
+    """
+    from prefect_tune import space
+
+    helpers: dict[str, Any] = {
+        "uniform": lambda d: space.uniform(d["lower"], d["upper"]),
+        "quniform": lambda d: space.quniform(d["lower"], d["upper"], d["q"]),
+        "loguniform": lambda d: space.loguniform(d["lower"], d["upper"], d["base"]),
+        "qloguniform": lambda d: space.qloguniform(d["lower"], d["upper"], d["q"], d["base"]),
+        "randn": lambda d: space.randn(d["mean"], d["sd"]),
+        "qrandn": lambda d: space.qrandn(d["mean"], d["sd"], d["q"]),
+        "randint": lambda d: space.randint(d["lower"], d["upper"]),
+        "qrandint": lambda d: space.qrandint(d["lower"], d["upper"], d["q"]),
+        "lograndint": lambda d: space.lograndint(d["lower"], d["upper"], d["base"]),
+        "qlograndint": lambda d: space.qlograndint(d["lower"], d["upper"], d["q"], d["base"]),
+        "choice": lambda d: space.choice(d["categories"]),
+    }
+
+    def build(node: Any) -> Any:
+        if isinstance(node, Mapping):
+            kind = node.get("type")
+            if kind == "sample_from":
+                raise SearchSpaceError(
+                    f"The stored search space uses sample_from({node.get('function')}), which "
+                    "cannot be rebuilt from storage: pass param_space= to Tuner.restore()."
+                )
+            if isinstance(kind, str) and kind in helpers and len(node) > 1:
+                return helpers[kind](node)
+            return {key: build(value) for key, value in node.items()}
+        return node
+
+    rebuilt = build(dict(description))
+    if describe_param_space(rebuilt) != json.loads(json.dumps(dict(description), allow_nan=True)):
+        raise SearchSpaceError(
+            "The stored search space cannot be rebuilt exactly (it holds values stored by their "
+            "repr): pass param_space= to Tuner.restore()."
+        )
+    return rebuilt

@@ -7,10 +7,11 @@ after it ends, so the trial's fate is in storage before the task returns (durabl
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,8 +25,9 @@ from prefect_tune.session import (
     TrialStopped,
     _current,
 )
-from prefect_tune.state import AttemptRecord, ExperimentStore, TrialState, TrialStatus
-from prefect_tune.storage import StorageSpec, layout
+from prefect_tune.state import AttemptRecord, ExperimentStore, TrialState, TrialStatus, read_lease
+from prefect_tune.storage import Storage, StorageSpec, layout
+
 
 @dataclass
 class TrialRequest:
@@ -43,9 +45,42 @@ class TrialRequest:
     restart: bool = False
     flow_run_id: str | None = None
     result_flush_interval_s: float = 5.0
+    lease_owner: str | None = None
+    fence_interval_s: float = 2.0
 
     def __repr__(self) -> str:
         return f"TrialRequest({self.trial.trial_id!r}, experiment={self.experiment_name!r})"
+
+
+class ExperimentFence:
+    """A trial control that reads the experiment's lease every ``interval_s`` seconds: it
+    abandons the trial when another driver took the experiment over, and pauses it when the
+    driver asked running trials to stop (fail-fast)."""
+
+    def __init__(self, storage: Storage, owner: str | None, interval_s: float):
+        self.storage = storage
+        self.owner = owner
+        self.interval_s = interval_s
+        self._last = time.monotonic()
+
+    def check(self) -> Decision:
+        self._last = time.monotonic()
+        if self.owner is None:
+            return Decision.CONTINUE
+        try:
+            lease = read_lease(self.storage)
+        except Exception:  # unreadable now: the next check will tell
+            return Decision.CONTINUE
+        if lease is None:
+            return Decision.CONTINUE
+        if lease.owner != self.owner:
+            return Decision.ABANDON
+        return Decision.PAUSE if lease.stop_trials else Decision.CONTINUE
+
+    def on_result(self, trial_id: str, result: Mapping[str, Any]) -> Decision:
+        if time.monotonic() - self._last < self.interval_s:
+            return Decision.CONTINUE
+        return self.check()
 
 
 @dataclass
@@ -105,7 +140,11 @@ def run_trial(request: TrialRequest, task_run_id: str | None = None) -> TrialOut
         TrialError: the trainable raised; the trial is stored as ERROR with the traceback in
             ``error.txt`` before this is raised.
     """
-    store = ExperimentStore(request.experiment.open())
+    storage = request.experiment.open()
+    fence = ExperimentFence(storage, request.lease_owner, request.fence_interval_s)
+    if fence.check() is Decision.ABANDON:  # submitted by a driver that has since lost the lease
+        return TrialOutcome(trial=request.trial, decision=Decision.ABANDON)
+    store = ExperimentStore(storage)
     trial = _begin(store, request, task_run_id)
     context = TrialContext(
         trial_id=trial.trial_id,
@@ -121,7 +160,7 @@ def run_trial(request: TrialRequest, task_run_id: str | None = None) -> TrialOut
         context,
         metric=request.metric,
         checkpoint_config=request.checkpoint_config,
-        controls=[StopCriteria(request.stop, request.deadline)],
+        controls=[StopCriteria(request.stop, request.deadline), fence],
         result_flush_interval_s=request.result_flush_interval_s,
     )
     token = _current.set(session)
@@ -139,6 +178,8 @@ def run_trial(request: TrialRequest, task_run_id: str | None = None) -> TrialOut
         ) from exc
     finally:
         _current.reset(token)
+    if decision is Decision.ABANDON:
+        return TrialOutcome(trial=trial, decision=decision)
     session.flush()
     attempt = trial.attempts[-1]
     attempt.ended_at = time.time()
@@ -154,10 +195,8 @@ def run_trial(request: TrialRequest, task_run_id: str | None = None) -> TrialOut
 
 def _record_error(store: ExperimentStore, session: TrialSession, exc: BaseException) -> None:
     trial = session.trial
-    try:
+    with contextlib.suppress(Exception):  # lose the buffered rows, never the error record
         session.flush()
-    except Exception:  # the results buffer is lost, the error record must not be
-        pass
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     trial.status = TrialStatus.ERROR
     trial.num_failures += 1

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import os
 import uuid
-from typing import Any
 
 from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
 
 from prefect_tune.engine import TrialOutcome, TrialRequest
-from prefect_tune.exceptions import StorageNotSharedError
-from prefect_tune.storage import Storage, layout, read_probe
 from prefect_tune.engine._executor import QueueingExecutor
+from prefect_tune.exceptions import StorageNotSharedError
 from prefect_tune.prefect._task import Sealed, trial_task
+from prefect_tune.storage import Storage, layout, read_probe
 
 
 class PrefectTaskExecutor(QueueingExecutor):
@@ -84,5 +83,3 @@ class PrefectTaskExecutor(QueueingExecutor):
 
 
 __all__ = ["PrefectTaskExecutor"]
-
-

@@ -1,5 +1,6 @@
 """Versioned models of the stored experiment, and the store that reads and writes them."""
 
+from prefect_tune.state._lease import DEFAULT_LEASE_TTL_S, Lease, LeaseHolder, read_lease
 from prefect_tune.state._models import (
     SCHEMA_VERSION,
     AttemptRecord,
@@ -14,6 +15,10 @@ from prefect_tune.state._models import (
 from prefect_tune.state._store import ExperimentStore
 
 __all__ = [
+    "DEFAULT_LEASE_TTL_S",
+    "Lease",
+    "LeaseHolder",
+    "read_lease",
     "SCHEMA_VERSION",
     "AttemptRecord",
     "CheckpointRecord",

@@ -113,6 +113,7 @@ class FlowRunRecord(_Model):
 
     flow_run_id: str | None
     flow_run_name: str | None = None
+    run_count: int = 1
     started_at: float = Field(default_factory=time.time)
 
 

@@ -103,7 +103,9 @@ class ExperimentStore:
 
     def write_trial(self, trial: TrialState) -> None:
         trial.updated_at = time.time()
-        self.storage.write_bytes(layout.trial_file(trial.dir_name), trial.model_dump_json().encode())
+        self.storage.write_bytes(
+            layout.trial_file(trial.dir_name), trial.model_dump_json().encode()
+        )
 
     def write_trial_text(self, dir_name: str, name: str, text: str) -> None:
         """A small text file beside the trial's state (``error.txt``)."""
@@ -123,9 +125,13 @@ class ExperimentStore:
 
     # -- results ---------------------------------------------------------------------------------
 
-    def write_results(self, dir_name: str, attempt: int, seq: int, rows: list[dict[str, Any]]) -> None:
+    def write_results(
+        self, dir_name: str, attempt: int, seq: int, rows: list[dict[str, Any]]
+    ) -> None:
         """Writes one segment of reported results (one JSON object a line)."""
-        body = "".join(json.dumps(row, allow_nan=True, separators=(",", ":")) + "\n" for row in rows)
+        body = "".join(
+            json.dumps(row, allow_nan=True, separators=(",", ":")) + "\n" for row in rows
+        )
         self.storage.write_bytes(layout.result_segment(dir_name, attempt, seq), body.encode())
 
     def read_history(self, trial: TrialState) -> list[dict[str, Any]]:

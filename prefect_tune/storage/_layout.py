@@ -5,6 +5,7 @@
     <storage_path>/<experiment name>/
         experiment.json                 the definition: trainable, search space, configs
         experiment_state.json           the driver's snapshot: every trial's status and summary
+        lease.json                      which driver holds the experiment, until when
         trials/<trial dir>/
             trial.json                  the trial's own state, written by its worker
             error.txt                   the traceback of its last failure, if any
@@ -19,6 +20,7 @@ import re
 
 EXPERIMENT_FILE = "experiment.json"
 EXPERIMENT_STATE_FILE = "experiment_state.json"
+LEASE_FILE = "lease.json"
 TRIALS_DIR = "trials"
 TRIAL_FILE = "trial.json"
 ERROR_FILE = "error.txt"

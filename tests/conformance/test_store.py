@@ -7,7 +7,7 @@ Runs through the ``storage_spec`` fixture, so memory, local, shared, S3 (moto se
 from __future__ import annotations
 
 import json
-import os
+import pathlib
 
 import pytest
 
@@ -21,6 +21,7 @@ from prefect_tune.exceptions import (
 )
 from prefect_tune.state import (
     AttemptRecord,
+    CheckpointRecord,
     ExperimentDefinition,
     ExperimentState,
     ExperimentStore,
@@ -144,17 +145,13 @@ def test_checkpoint_commit_and_partial_checkpoints(store, tmp_path):
     # A committed checkpoint downloads whole, byte for byte.
     committed = Checkpoint._committed_in(store.storage.spec.child(rel))
     out = committed.to_directory(str(tmp_path / "out"))
-    assert (
-        open(os.path.join(out, "sub", "weights.bin"), "rb").read()
-        == open(os.path.join(src, "sub", "weights.bin"), "rb").read()
-    )
+    out_bytes = pathlib.Path(out, "sub", "weights.bin").read_bytes()
+    assert out_bytes == pathlib.Path(src, "sub", "weights.bin").read_bytes()
     with committed.as_directory() as d:
-        assert json.load(open(os.path.join(d, "state.json"))) == {"step": 1}
+        assert json.loads(pathlib.Path(d, "state.json").read_text()) == {"step": 1}
 
     # The trial commits only checkpoint 0: the partial one is garbage to collect.
     trial.checkpoints = []
-    from prefect_tune.state import CheckpointRecord
-
     trial.checkpoints.append(CheckpointRecord(index=0, dir_name=name, training_iteration=1))
     assert store.remove_uncommitted_checkpoints(trial) == ["checkpoint_000001"]
     assert not store.storage.exists(f"{partial}/state.json")

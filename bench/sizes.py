@@ -1,0 +1,36 @@
+"""Workload sizes: ``SMALL`` (default, minutes on 2 cores) and ``FULL`` (DESIGN.md's sizes).
+
+Standard library only: ``bench.ray_side`` reads it in a virtualenv without Prefect.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+MIB = 1024 * 1024
+
+SMALL: dict[str, dict[str, Any]] = {
+    "W1": {"trials": 64},
+    "W2": {"trials": 4, "reports": 500},
+    "W3": {"trials": 4, "checkpoints": 4, "mib": 16, "num_to_keep": 2},
+    "W4": {"trials": [500, 2000, 10000]},
+    "W5": {"trials": 8, "iterations": 20},
+    "W6": {"trials": 4, "checkpoints": 4, "mib": 16, "num_to_keep": 2},
+    "W7": {"trials": 4},
+}
+
+FULL: dict[str, dict[str, Any]] = {
+    "W1": {"trials": 256},
+    "W2": {"trials": 4, "reports": 2000},
+    "W3": {"trials": 4, "checkpoints": 10, "mib": 16, "num_to_keep": 2},
+    "W4": {"trials": [500, 2000, 10000]},
+    "W5": {"trials": 8, "iterations": 20},
+    "W6": {"trials": 4, "checkpoints": 10, "mib": 16, "num_to_keep": 2},
+    "W7": {"trials": 4},
+}
+
+
+def sizes(full: bool) -> dict[str, dict[str, Any]]:
+    """A copy of the size table to use."""
+    table = FULL if full else SMALL
+    return {name: dict(params) for name, params in table.items()}
