@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,7 +111,7 @@ def _stop(procs: Mapping[str, subprocess.Popen[bytes]]) -> None:
             proc.wait(timeout=5)
 
 
-def _wait_for(what: str, check, cluster: OtherHosts, timeout: float) -> None:
+def _wait_for(what: str, check: Callable[[], object], cluster: OtherHosts, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         for name, proc in cluster.processes.items():

@@ -12,11 +12,17 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, TaskRunFilter
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterId,
+    FlowRunFilterName,
+    TaskRunFilter,
+)
 from prefect_dask import DaskTaskRunner
 
 import prefect_tune as tune
@@ -38,7 +44,7 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cluster(prefect_api: str, base: Path) -> OtherHosts:
+def cluster(prefect_api: str, base: Path) -> Iterator[OtherHosts]:
     reason = namespaces_unavailable()
     if reason is not None:
         pytest.skip(f"cannot stand up other hosts here: {reason}")
@@ -65,7 +71,9 @@ def flow_and_task_runs(name: str):
                 flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name]))
             )
             task_runs = await client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id={"any_": [run.id for run in flow_runs]}),
+                flow_run_filter=FlowRunFilter(
+                    id=FlowRunFilterId(any_=[run.id for run in flow_runs])
+                ),
                 task_run_filter=TaskRunFilter(),
             )
             return flow_runs, task_runs

@@ -72,3 +72,36 @@ def records_context(config: dict[str, Any]) -> None:
             "ctx_trial_dir": ctx.get_trial_dir(),
         }
     )
+
+
+def flaky(config: dict[str, Any]) -> None:
+    """Checkpoints every step; logs every step it runs; raises when told to.
+
+    Config keys: ``steps`` (default 6); ``key`` (names this trial's files); ``log_dir`` (a line
+    ``<key> <step>`` is appended to ``<log_dir>/<key>.log`` for every step run); ``fail_at``
+    (after reporting this step, raise if the file ``<poison_dir>/<key>`` exists);
+    ``fail_once`` (delete that file before raising, so the next attempt goes through);
+    ``sleep`` (seconds per step).
+    """
+    import time
+
+    start = 0
+    ckpt = tune.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d, open(os.path.join(d, "state.json")) as fh:
+            start = json.load(fh)["step"]
+    key = str(config["key"])
+    for step in range(start + 1, int(config.get("steps", 6)) + 1):
+        if config.get("log_dir"):
+            with open(os.path.join(config["log_dir"], f"{key}.log"), "a") as fh:
+                fh.write(f"{key} {step}\n")
+        time.sleep(float(config.get("sleep", 0)))
+        with tempfile.TemporaryDirectory() as d:
+            with open(os.path.join(d, "state.json"), "w") as fh:
+                json.dump({"step": step}, fh)
+            tune.report({"loss": 1.0 / step, "step": step}, checkpoint=Checkpoint.from_directory(d))
+        poison = os.path.join(str(config.get("poison_dir", "")), key)
+        if config.get("fail_at") == step and config.get("poison_dir") and os.path.exists(poison):
+            if config.get("fail_once"):
+                os.unlink(poison)
+            raise RuntimeError(f"trial {key} failed after step {step}")

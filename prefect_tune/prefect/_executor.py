@@ -68,10 +68,14 @@ class PrefectTaskExecutor(QueueingExecutor):
         rel = layout.probe_file(token)
         storage.write_bytes(rel, token.encode())
         try:
-            answers = client.run(read_probe, storage.spec, rel, token)
+            answers = client.run(read_probe, storage.spec, rel, token, on_error="return")
         finally:
             storage.delete(rel)
-        failed = {worker: why for worker, why in answers.items() if why}
+        failed = {
+            worker: f"{type(why).__name__}: {why}" if isinstance(why, BaseException) else why
+            for worker, why in answers.items()
+            if why
+        }
         if failed:
             details = "; ".join(f"{worker}: {why}" for worker, why in sorted(failed.items()))
             raise StorageNotSharedError(

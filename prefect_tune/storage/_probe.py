@@ -12,6 +12,8 @@ def read_probe(spec: StorageSpec, rel: str, token: str) -> str | None:
     """
     try:
         data = Storage(spec).read_bytes(rel)
+    except FileNotFoundError:
+        return "the marker is not there (this worker sees another directory)"
     except Exception as exc:  # every failure is an answer here, not an error
         return f"{type(exc).__name__}: {exc}"
     if data.decode(errors="replace") != token:

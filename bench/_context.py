@@ -1,0 +1,261 @@
+"""`BenchContext`: the services a workload needs, each started once and only when first asked for.
+
+- a Prefect API (``prefect_test_harness``: a temporary server and database),
+- one ``distributed.LocalCluster`` (2 worker processes x 1 thread) whose workers report to it,
+- a moto S3 server on 127.0.0.1,
+- directories under the run's work directory,
+- ``fit()``: a Tuner's ``fit()`` timed alone (optionally under cProfile or tracemalloc).
+
+Start-up times go to ``Recorder.setup``, never into a workload's numbers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import cProfile
+import logging
+import os
+import pstats
+import time
+import tracemalloc
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench._common import Recorder
+
+N_WORKERS = 2
+THREADS_PER_WORKER = 1
+
+
+@dataclass
+class S3Server:
+    """A moto S3 server running in this process, reachable by the Dask workers."""
+
+    endpoint_url: str
+    client: Any = field(repr=False)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """fsspec/s3fs storage options that reach the server."""
+        return {
+            "key": "testing",
+            "secret": "testing",
+            "endpoint_url": self.endpoint_url,
+            "client_kwargs": {"region_name": "us-east-1"},
+        }
+
+    def new_bucket(self) -> str:
+        name = f"bench-{uuid.uuid4().hex[:16]}"
+        self.client.create_bucket(Bucket=name)
+        return name
+
+
+@dataclass
+class FitTiming:
+    """One timed ``fit()``."""
+
+    results: Any
+    wall_s: float
+    peak_bytes: int | None = None  # tracemalloc peak above the level before fit()
+    retained_bytes: int | None = None  # still allocated after fit(), results held
+
+
+class BenchContext:
+    """Shared by every workload of one ``bench.run`` invocation."""
+
+    concurrency = N_WORKERS * THREADS_PER_WORKER
+
+    def __init__(
+        self,
+        rec: Recorder,
+        workdir: str,
+        *,
+        repeat: int,
+        floor: bool,
+        profile_dir: str | None = None,
+    ):
+        self.rec = rec
+        self.workdir = workdir
+        self.repeat = repeat
+        self.floor = floor
+        self.profile_dir = profile_dir
+        self._stack = contextlib.ExitStack()
+        self._api_url: str | None = None
+        self._cluster: Any = None
+        self._client: Any = None
+        self._s3: S3Server | None = None
+        self._warm = False
+
+    # -- services --------------------------------------------------------------------------------
+
+    def prefect_api(self) -> str:
+        if self._api_url is None:
+            from prefect.settings import PREFECT_API_URL
+            from prefect.testing.utilities import prefect_test_harness
+
+            start = time.perf_counter()
+            self._stack.enter_context(prefect_test_harness(server_startup_timeout=120))
+            self._api_url = str(PREFECT_API_URL.value())
+            self.rec.add_setup(
+                "Prefect API start (prefect_test_harness)", time.perf_counter() - start
+            )
+        return self._api_url
+
+    def cluster(self) -> Any:
+        if self._cluster is None:
+            from distributed import LocalCluster
+
+            api_url = self.prefect_api()
+            start = time.perf_counter()
+            self._cluster = self._stack.enter_context(
+                LocalCluster(
+                    n_workers=N_WORKERS,
+                    threads_per_worker=THREADS_PER_WORKER,
+                    processes=True,
+                    host="127.0.0.1",
+                    dashboard_address=None,
+                    silence_logs=logging.WARNING,
+                    env={"PREFECT_API_URL": api_url},
+                )
+            )
+            self.rec.add_setup(
+                f"Dask LocalCluster start ({N_WORKERS} workers x {THREADS_PER_WORKER} thread)",
+                time.perf_counter() - start,
+            )
+        return self._cluster
+
+    def task_runner(self) -> Any:
+        """A DaskTaskRunner on the shared cluster (a new client for each flow run)."""
+        from prefect_dask import DaskTaskRunner
+
+        return DaskTaskRunner(address=self.cluster().scheduler_address)
+
+    def dask_client(self) -> Any:
+        """A plain Dask client on the shared cluster, for the floors."""
+        if self._client is None:
+            from distributed import Client
+
+            self._client = self._stack.enter_context(Client(self.cluster().scheduler_address))
+        return self._client
+
+    def s3(self) -> S3Server:
+        if self._s3 is None:
+            import boto3
+            from moto.server import ThreadedMotoServer
+
+            logging.getLogger("werkzeug").setLevel(logging.WARNING)
+            start = time.perf_counter()
+            server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+            server.start()
+            self._stack.callback(server.stop)
+            host, port = server.get_host_and_port()
+            endpoint = f"http://{host}:{port}"
+            client = boto3.client(
+                "s3",
+                endpoint_url=endpoint,
+                region_name="us-east-1",
+                aws_access_key_id="testing",
+                aws_secret_access_key="testing",
+            )
+            self._s3 = S3Server(endpoint, client)
+            self.rec.add_setup("moto S3 server start", time.perf_counter() - start)
+        return self._s3
+
+    def warm_up(self) -> None:
+        """Runs a 2-trial experiment once, so that worker imports and Prefect's first-flow costs
+        land here and not in the first measured repetition."""
+        if self._warm:
+            return
+        import prefect_tune as tune
+        from bench.workloads import w1_trivial
+
+        self.cluster()
+        start = time.perf_counter()
+        tuner = tune.Tuner(
+            w1_trivial.trainable,
+            param_space={"x": tune.uniform(0.0, 1.0)},
+            tune_config=tune.TuneConfig(metric="score", mode="max", num_samples=2, seed=0),
+            run_config=tune.RunConfig(name="warm-up", storage_path=self.new_dir("warm-up")),
+            task_runner=self.task_runner(),
+        )
+        results = tuner.fit()
+        check(results, "warm-up")
+        if self.floor:
+            from bench import floor
+
+            self.dask_client().gather(self.dask_client().map(floor.trivial, [0, 1], pure=False))
+        self.rec.add_setup("warm-up experiment (2 trials)", time.perf_counter() - start)
+        self._warm = True
+
+    def new_dir(self, *parts: str) -> str:
+        """A fresh, empty directory below the work directory."""
+        path = os.path.join(self.workdir, *parts, uuid.uuid4().hex[:8])
+        os.makedirs(path)
+        return path
+
+    # -- timing ----------------------------------------------------------------------------------
+
+    def fit(self, tuner: Any, label: str, *, memory: bool = False) -> FitTiming:
+        """Times ``tuner.fit()`` alone; with ``memory``, under tracemalloc (slower: not timed)."""
+        profiler = cProfile.Profile() if self.profile_dir and not memory else None
+        if memory:
+            tracemalloc.start()
+            baseline = tracemalloc.get_traced_memory()[0]
+            tracemalloc.reset_peak()
+        start = time.perf_counter()
+        try:
+            if profiler is not None:
+                profiler.enable()
+            results = tuner.fit()
+            wall = time.perf_counter() - start
+        finally:
+            if profiler is not None:
+                profiler.disable()
+        timing = FitTiming(results, wall)
+        if memory:
+            current, peak = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
+            timing.peak_bytes = peak - baseline
+            timing.retained_bytes = current - baseline
+        if profiler is not None and self.profile_dir is not None:
+            os.makedirs(self.profile_dir, exist_ok=True)
+            path = os.path.join(self.profile_dir, f"{label}.prof")
+            profiler.dump_stats(path)
+            stats = pstats.Stats(profiler)
+            self.rec.details.setdefault("profiles", {})[label] = {
+                "path": path,
+                "total_calls": stats.total_calls,  # type: ignore[attr-defined]
+            }
+        check(results, label)
+        return timing
+
+    def close(self) -> None:
+        self._stack.close()
+
+
+def check(results: Any, label: str) -> None:
+    """Refuses to report numbers of an experiment whose trials did not all finish cleanly."""
+    if results.num_errors or results.num_terminated != len(results):
+        first = results.errors[0] if results.errors else "unfinished trials"
+        raise RuntimeError(
+            f"{label}: {results.num_errors} errored and "
+            f"{len(results) - results.num_terminated} unfinished trials of {len(results)}: {first}"
+        )
+
+
+@contextlib.contextmanager
+def traced_memory() -> Iterator[dict[str, int]]:
+    """tracemalloc around a block: yields a dict that gets ``peak`` and ``retained`` bytes."""
+    out: dict[str, int] = {}
+    tracemalloc.start()
+    baseline = tracemalloc.get_traced_memory()[0]
+    tracemalloc.reset_peak()
+    try:
+        yield out
+    finally:
+        current, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        out["peak"] = peak - baseline
+        out["retained"] = current - baseline

@@ -1,0 +1,131 @@
+"""W1: many trivial trials (one report each): trial throughput and per-trial overhead.
+
+Measures, for prefect-tune: ``fit()`` wall time, trials/s, overhead per trial
+(wall / trials x concurrency); where one trial's time goes (``bench._trace``); the driver's
+tracemalloc peak and retained memory per trial (a separate, untimed run).
+Floors on the same cluster: plain ``client.map`` of the same function, and the same function as
+plain Prefect tasks on the same DaskTaskRunner (Prefect's own share, without prefect-tune).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import prefect_tune as tune
+from bench import floor
+from bench._common import Recorder
+
+NAME = "W1"
+TITLE = "trivial trials, one report each"
+
+
+def trainable(config: dict[str, Any]) -> None:
+    """One report; ``t_start``/``t_report`` let ``bench._trace`` place the trainable in time."""
+    t_start = time.time()
+    score = floor.trivial(config["x"])
+    tune.report({"score": score, "t_start": t_start, "t_report": time.time()})
+
+
+def make_tuner(ctx: Any, trials: int, name: str) -> tune.Tuner:
+    return tune.Tuner(
+        trainable,
+        param_space={"x": tune.uniform(0.0, 1.0)},
+        tune_config=tune.TuneConfig(metric="score", mode="max", num_samples=trials, seed=0),
+        run_config=tune.RunConfig(name=name, storage_path=ctx.new_dir("w1")),
+        task_runner=ctx.task_runner(),
+    )
+
+
+def _throughput(rec: Recorder, system: str, trials: int, wall: float, concurrency: int) -> None:
+    rec.add(NAME, "wall time", wall, unit="s", better="lower", system=system)
+    rec.add(NAME, "throughput", trials / wall, unit="trials/s", better="higher", system=system)
+    rec.add(
+        NAME,
+        "overhead per trial (wall/trials x concurrency)",
+        wall / trials * concurrency * 1000,
+        unit="ms",
+        better="lower",
+        system=system,
+    )
+
+
+def run(ctx: Any, size: dict[str, Any], rec: Recorder) -> None:
+    from bench._trace import breakdown, format_breakdown, trace_driver
+
+    trials = int(size["trials"])
+    ctx.warm_up()
+    traces = []
+    last = None
+    for rep in range(ctx.repeat):
+        with trace_driver() as trace:
+            timing = ctx.fit(make_tuner(ctx, trials, f"w1-{rep}"), f"W1-rep{rep}")
+        traces.append(trace)
+        _throughput(rec, "prefect-tune", trials, timing.wall_s, ctx.concurrency)
+        print(f"  W1 rep {rep + 1}: {trials} trials in {timing.wall_s:.2f} s", flush=True)
+        last = timing.results
+    if traces and last is not None:
+        data = breakdown(traces[-1], last)
+        rec.details["W1 breakdown"] = data
+        print(format_breakdown(data), flush=True)
+
+    # Driver memory: two untimed runs under tracemalloc; the difference of the two sizes is the
+    # cost of one more trial, without the fixed cost of a flow run.
+    small = max(2, trials // 4)
+    measured = {}
+    for n in (small, trials):
+        timing = ctx.fit(make_tuner(ctx, n, f"w1-mem-{n}"), f"W1-mem-{n}", memory=True)
+        measured[n] = timing
+    big = measured[trials]
+    assert big.peak_bytes is not None and big.retained_bytes is not None
+    rec.add(
+        NAME,
+        "driver peak memory / trial",
+        big.peak_bytes / trials / 1024,
+        unit="KiB",
+        better="lower",
+    )
+    rec.add(
+        NAME,
+        "driver retained memory / trial (results held)",
+        big.retained_bytes / trials / 1024,
+        unit="KiB",
+        better="lower",
+    )
+    low = measured[small]
+    if low.peak_bytes is not None and trials > small:
+        rec.add(
+            NAME,
+            f"driver peak memory, marginal ({small}->{trials} trials)",
+            (big.peak_bytes - low.peak_bytes) / (trials - small) / 1024,
+            unit="KiB/trial",
+            better="lower",
+        )
+    rec.note(
+        NAME,
+        "memory: tracemalloc (Python allocations of the driver process) in separate untimed "
+        "runs; 'per trial' divides the whole run's peak (with the flow run's fixed cost) by "
+        "the trials; 'marginal' is the slope between two experiment sizes.",
+    )
+
+    if not ctx.floor:
+        return
+    client = ctx.dask_client()
+    for _ in range(ctx.repeat):
+        start = time.perf_counter()
+        client.gather(client.map(floor.trivial, [float(i) for i in range(trials)], pure=False))
+        _throughput(
+            rec, "floor: dask client.map", trials, time.perf_counter() - start, ctx.concurrency
+        )
+    for _ in range(ctx.repeat):
+        start = time.perf_counter()
+        floor.run_prefect_tasks(ctx.task_runner(), trials)
+        _throughput(
+            rec, "floor: prefect tasks", trials, time.perf_counter() - start, ctx.concurrency
+        )
+    rec.note(
+        NAME,
+        "floor 'prefect tasks': the same function as plain Prefect tasks (task.map in one flow "
+        "run) on the same DaskTaskRunner, all submitted at once: Prefect + Dask without "
+        "prefect-tune.",
+    )

@@ -1,0 +1,120 @@
+"""A crash-suite experiment driver, run as its own process so that tests can SIGKILL it.
+
+    python -m tests.crash.driver --storage /tmp/store --name exp --side-log /tmp/side
+
+runs ``Tuner(crash_trainable, ...).fit()`` for the experiment ``--name`` under ``--storage``
+(``RunConfig(resume="auto")``: a second run of the same command resumes the first), with its own
+local Dask cluster of two single-threaded worker processes, which inherit this process's
+environment (``PREFECT_API_URL``, ``PYTHONPATH``). At the end it prints one JSON line, the
+:func:`summary` of the experiment. The same arguments always define the same experiment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+SUMMARY_PREFIX = "CRASH-SUMMARY "
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m tests.crash.driver")
+    parser.add_argument("--storage", required=True, help="storage_path: a local path or s3://...")
+    parser.add_argument("--storage-options", default="{}", help="fsspec options as JSON")
+    parser.add_argument("--name", required=True, help="the experiment's name")
+    parser.add_argument("--side-log", required=True, help="local directory of the side logs")
+    parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--iterations", type=int, default=12)
+    parser.add_argument("--sleep", type=float, default=0.15, help="seconds of work per iteration")
+    parser.add_argument("--payload-files", type=int, default=2)
+    parser.add_argument("--payload-kib", type=int, default=4)
+    parser.add_argument("--max-failures", type=int, default=0)
+    parser.add_argument(
+        "--fail-upload",
+        default=None,
+        help='JSON {"x": [...], "iteration": k, "after_files": n}: fail those uploads once',
+    )
+    return parser.parse_args(argv)
+
+
+def xs(trials: int) -> list[float]:
+    """The trials' parameters: one grid value per trial."""
+    return [float(i) for i in range(trials)]
+
+
+def param_space(args: argparse.Namespace) -> dict[str, Any]:
+    import prefect_tune as tune
+
+    space: dict[str, Any] = {
+        "x": tune.grid_search(xs(args.trials)),
+        "iterations": args.iterations,
+        "sleep_s": args.sleep,
+        "side_log": args.side_log,
+        "payload_files": args.payload_files,
+        "payload_kib": args.payload_kib,
+    }
+    if args.fail_upload:
+        space["fail_upload"] = json.loads(args.fail_upload)
+    return space
+
+
+def summary(results: Any, started: float) -> dict[str, Any]:
+    """What the run ended with: each trial's status and last user metrics, and the flow runs."""
+    from prefect_tune.storage import layout
+
+    state = results._store.storage.read_json(layout.EXPERIMENT_STATE_FILE)
+    return {
+        "elapsed_s": time.monotonic() - started,
+        "num_terminated": results.num_terminated,
+        "num_errors": results.num_errors,
+        "flow_runs": [run["flow_run_id"] for run in state["flow_runs"]],
+        "trials": {
+            r.trial_id: {
+                "status": r.status.value,
+                "x": r.config["x"],
+                "metrics": {k: r.metrics.get(k) for k in ("loss", "score", "step")},
+                "training_iteration": r.metrics.get("training_iteration"),
+            }
+            for r in results
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.monotonic()
+    from prefect_dask import DaskTaskRunner
+
+    from prefect_tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig, Tuner
+    from tests.crash.trainables import crash_trainable
+
+    tuner = Tuner(
+        crash_trainable,
+        param_space=param_space(args),
+        tune_config=TuneConfig(metric="loss", mode="min", seed=0),
+        run_config=RunConfig(
+            name=args.name,
+            storage_path=args.storage,
+            storage_options=json.loads(args.storage_options) or None,
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            failure_config=FailureConfig(max_failures=args.max_failures),
+        ),
+        task_runner=DaskTaskRunner(
+            cluster_kwargs={
+                "n_workers": 2,
+                "threads_per_worker": 1,
+                "processes": True,
+                "dashboard_address": None,
+            }
+        ),
+    )
+    results = tuner.fit()
+    print(SUMMARY_PREFIX + json.dumps(summary(results, started)), flush=True)
+    return 0 if results.num_errors == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
