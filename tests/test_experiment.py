@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import uuid
 
 import pytest
 from prefect import flow
@@ -219,3 +220,65 @@ def test_same_name_resumes_and_other_definition_is_refused(prefect_api, runner, 
             run_config=RunConfig(name="again", storage_path=str(tmp_path)),
             task_runner=runner,
         ).fit()
+
+
+def test_tune_storage_block_and_bad_credentials(prefect_api, runner, s3_server):
+    import boto3
+
+    from prefect_tune import TuneStorage
+    from prefect_tune.exceptions import StorageCredentialsError, StoragePermissionError
+    from tests.conformance.test_storage import _moto_checks_credentials
+
+    bucket = s3_server.new_bucket()
+    iam = boto3.client("iam", endpoint_url=s3_server.endpoint_url, region_name="us-east-1")
+    user = f"tuner-{uuid.uuid4().hex[:8]}"
+    iam.create_user(UserName=user)
+    iam.put_user_policy(
+        UserName=user,
+        PolicyName="all",
+        PolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}],
+            }
+        ),
+    )
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    options = {k: v for k, v in s3_server.options.items() if k not in ("key", "secret")}
+
+    def block(secret: str) -> TuneStorage:
+        return TuneStorage(
+            storage_path=f"s3://{bucket}/tuning",
+            storage_options=options,
+            credentials={"key": key["AccessKeyId"], "secret": secret},
+        )
+
+    good = block(key["SecretAccessKey"])
+    good.save("tuning-store", overwrite=True)
+    loaded = TuneStorage.load("tuning-store")
+    with _moto_checks_credentials(s3_server.endpoint_url):
+        results = Tuner(
+            trainables.quadratic,
+            param_space={"x": tune.grid_search([2.0, 3.0])},
+            tune_config=TuneConfig(metric="loss", mode="min"),
+            run_config=RunConfig(name="block-exp", storage=loaded),
+            task_runner=runner,
+        ).fit()
+        assert results.num_terminated == 2
+        assert results.experiment_path == f"s3://{bucket}/tuning/block-exp"
+
+        wrong = f"wrong-{uuid.uuid4().hex}"
+        # A HEAD refused with a bare 403 cannot tell bad credentials from a denied path: the
+        # error is a named PermissionError either way, and says to check the credentials.
+        with pytest.raises((StorageCredentialsError, StoragePermissionError)) as caught:
+            Tuner(
+                trainables.quadratic,
+                param_space={"x": tune.grid_search([2.0, 3.0])},
+                tune_config=TuneConfig(metric="loss", mode="min"),
+                run_config=RunConfig(name="block-exp", storage=block(wrong)),
+                task_runner=runner,
+            ).fit()
+        assert "credentials" in str(caught.value) and wrong not in str(caught.value)
+        # The stored experiment is intact and loads with the right credentials.
+        Storage._cache.clear()
+        assert ResultGrid.from_path("block-exp", storage=loaded).num_terminated == 2

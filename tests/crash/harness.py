@@ -1,0 +1,528 @@
+"""The test side of the crash suite: drivers as process groups, storage watched from outside,
+kill points, what storage held at each kill, and the checks made once the experiment is done.
+
+An experiment is driven by ``python -m tests.crash.driver`` processes, one after another: each
+is started in a new session (its own process group, with its local Dask cluster's worker
+processes), watched through storage until its kill point, frozen (SIGSTOP to the group) while
+the point is confirmed, then SIGKILLed: the whole group ("the driver machine died") or the
+driver process alone. What storage and the side logs held at that instant is recorded as a
+:class:`Kill`; the next driver resumes the experiment. :func:`check_experiment` then compares
+everything with the reference run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.crash.driver import SUMMARY_PREFIX
+from tests.crash.trainables import read_side_log
+
+REPO_ROOT = str(Path(__file__).resolve().parents[2])
+TRIALS = "trials/"
+MANIFEST = ".prefect_tune_manifest.json"
+STATE = "experiment_state.json"
+
+# -- storage, seen from the test process ---------------------------------------------------------
+
+
+class StorageView:
+    """Reads an experiment's stored files directly (no product code, no caches).
+
+    ``listing()`` maps each file's path relative to the experiment to a stamp that changes
+    whenever the file is rewritten.
+    """
+
+    def listing(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def read(self, rel: str) -> bytes | None:
+        raise NotImplementedError
+
+    def read_json(self, rel: str) -> Any:
+        data = self.read(rel)
+        return json.loads(data) if data is not None else None
+
+
+class LocalView(StorageView):
+    def __init__(self, path: str):
+        self.path = path
+
+    def listing(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for parent, _, names in os.walk(self.path):
+            rel_parent = os.path.relpath(parent, self.path)
+            for name in names:
+                rel = name if rel_parent == "." else f"{rel_parent}/{name}"
+                with contextlib.suppress(FileNotFoundError):
+                    st = os.stat(os.path.join(parent, name))
+                    # Files are replaced by rename, so the inode tells rewrites apart.
+                    out[rel] = (st.st_ino, st.st_mtime_ns, st.st_size)
+        return out
+
+    def read(self, rel: str) -> bytes | None:
+        try:
+            return Path(self.path, rel).read_bytes()
+        except FileNotFoundError:
+            return None
+
+
+class S3View(StorageView):
+    def __init__(self, client: Any, bucket: str, prefix: str):
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/"
+
+    def listing(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for page in self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=self.prefix
+        ):
+            for obj in page.get("Contents", []):
+                out[obj["Key"][len(self.prefix) :]] = (obj["ETag"], obj["LastModified"], obj["Size"])
+        return out
+
+    def read(self, rel: str) -> bytes | None:
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self.prefix + rel)["Body"].read()
+        except self.client.exceptions.NoSuchKey:
+            return None
+
+
+@dataclass
+class Observed:
+    """One look at an experiment's storage."""
+
+    files: dict[str, Any]
+    view: StorageView
+    _json: dict[str, Any] = field(default_factory=dict)
+
+    def trial_dirs(self) -> list[str]:
+        return sorted(
+            {rel.split("/")[1] for rel in self.files if rel.startswith(TRIALS) and "/" in rel[7:]}
+        )
+
+    def trial(self, dir_name: str) -> dict[str, Any] | None:
+        """The trial's ``trial.json`` (None before its first task run began)."""
+        rel = f"{TRIALS}{dir_name}/trial.json"
+        if rel not in self.files:
+            return None
+        if rel not in self._json:
+            self._json[rel] = self.view.read_json(rel)
+        return self._json[rel]
+
+    def trials(self) -> dict[str, dict[str, Any]]:
+        return {d: t for d in self.trial_dirs() if (t := self.trial(d)) is not None}
+
+    def checkpoint_dirs(self) -> dict[str, dict[str, Any]]:
+        """``trials/<trial>/checkpoint_N`` -> {file name: stamp}."""
+        out: dict[str, dict[str, Any]] = {}
+        for rel, stamp in self.files.items():
+            parts = rel.split("/")
+            if len(parts) == 4 and parts[0] == "trials" and parts[2].startswith("checkpoint_"):
+                out.setdefault("/".join(parts[:3]), {})[parts[3]] = stamp
+        return out
+
+    def partial_checkpoints(self) -> dict[str, dict[str, Any]]:
+        """Checkpoint directories with files but no manifest: uploads not (yet) committed."""
+        return {d: f for d, f in self.checkpoint_dirs().items() if MANIFEST not in f}
+
+
+# -- processes -----------------------------------------------------------------------------------
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of a process group."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(entry))
+    return members
+
+
+class Driver:
+    """One ``python -m tests.crash.driver`` process group."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log_dir: Path, label: str):
+        self.stdout_path = log_dir / f"{label}.out"
+        self.stderr_path = log_dir / f"{label}.err"
+        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tests.crash.driver", *args],
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+            )
+        self.started = time.monotonic()
+        self.pgid = self.proc.pid
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def freeze(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pgid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pgid, signal.SIGCONT)
+
+    def kill(self, mode: str) -> None:
+        """``"group"``: the driver and its Dask workers at once; ``"driver"``: the driver
+        process alone (its workers, thawed, find out by themselves)."""
+        if mode == "group":
+            os.killpg(self.pgid, signal.SIGKILL)
+        else:
+            self.proc.kill()
+            self.thaw()
+        self.proc.wait()
+
+    def wait_gone(self, timeout: float = 60.0) -> None:
+        """Waits until no process of the group is left; kills stragglers after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while group_members(self.pgid):
+            if time.monotonic() > deadline:
+                left = group_members(self.pgid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.pgid, signal.SIGKILL)
+                raise AssertionError(
+                    f"processes {left} of the killed driver's group still ran {timeout:.0f} s "
+                    "after the driver died"
+                )
+            time.sleep(0.05)
+
+    def finish(self, timeout: float) -> dict[str, Any]:
+        """Waits for the driver to exit and returns its summary."""
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pgid, signal.SIGKILL)
+            raise AssertionError(f"the driver ran for over {timeout:.0f} s\n{self.tail()}") from None
+        with contextlib.suppress(AssertionError):
+            self.wait_gone(timeout=30)
+        for line in self.stdout_path.read_text().splitlines():
+            if line.startswith(SUMMARY_PREFIX):
+                return json.loads(line[len(SUMMARY_PREFIX) :])
+        raise AssertionError(
+            f"the driver exited with {self.proc.returncode} and no summary\n{self.tail()}"
+        )
+
+    def tail(self, lines: int = 60) -> str:
+        text = self.stderr_path.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+    def stop(self) -> None:
+        """Kills what is left of the group (cleanup after a failed test)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pgid, signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            self.proc.wait(timeout=10)
+
+
+# -- kill points -----------------------------------------------------------------------------
+
+
+@dataclass
+class Baseline:
+    """Storage as a driver found it when it started: kill points look only at what changed."""
+
+    trials: dict[str, dict[str, Any]]
+    partials: dict[str, dict[str, Any]]
+    state_stamp: Any
+
+
+class KillPoint:
+    """Where in a driver's run to kill it.
+
+    ``reached`` is asked on each look at storage; once it says yes the group is frozen and
+    ``confirm`` is asked on a fresh look (no: the group is thawed and watching goes on).
+    """
+
+    name = "point"
+
+    def start(self, baseline: Baseline) -> None:
+        self.baseline = baseline
+
+    def reached(self, seen: Observed, driver: Driver) -> bool:
+        raise NotImplementedError
+
+    def confirm(self, seen: Observed) -> bool:
+        return True
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+class DefinitionWritten(KillPoint):
+    """The experiment's definition is stored and no trial has started."""
+
+    name = "definition-written"
+
+    def reached(self, seen: Observed, driver: Driver) -> bool:
+        return "experiment.json" in seen.files and not seen.trials()
+
+
+class StateSavedBeforeTrials(KillPoint):
+    """The driver holds the lease and saved its state; no trial has started in this run."""
+
+    name = "state-saved-before-trials"
+
+    def reached(self, seen: Observed, driver: Driver) -> bool:
+        return seen.files.get(STATE) not in (None, self.baseline.state_stamp) and not any(
+            _attempts(t) > _attempts(self.baseline.trials.get(d)) for d, t in seen.trials().items()
+        )
+
+
+def _attempts(trial: dict[str, Any] | None) -> int:
+    return len(trial["attempts"]) if trial else 0
+
+
+class TrialStarted(KillPoint):
+    """A task run of a trial has begun (its ``trial.json`` says RUNNING with a new attempt)."""
+
+    name = "trial-started"
+
+    def reached(self, seen: Observed, driver: Driver) -> bool:
+        return any(
+            t["status"] == "RUNNING" and _attempts(t) > _attempts(self.baseline.trials.get(d))
+            for d, t in seen.trials().items()
+        )
+
+
+class MidCheckpoint(KillPoint):
+    """A checkpoint upload is under way: files are stored but not yet its manifest."""
+
+    name = "mid-checkpoint-upload"
+
+    def _new_partials(self, seen: Observed) -> dict[str, Any]:
+        return {
+            d: files
+            for d, files in seen.partial_checkpoints().items()
+            if self.baseline.partials.get(d) != files
+        }
+
+    def reached(self, seen: Observed, driver: Driver) -> bool:
+        return bool(self._new_partials(seen))
+
+    def confirm(self, seen: Observed) -> bool:
+        return bool(self._new_partials(seen))
+
+
+class TrialFinished(KillPoint):
+    """A trial has just finished (its ``trial.json`` says TERMINATED) while others run on."""
+
+    name = "trial-finished"
+
+    def reached(self, seen: Observed, driver: Driver) -> bool:
+        trials = seen.trials()
+        return any(
+            t["status"] == "TERMINATED"
+            and (self.baseline.trials.get(d) or {}).get("status") != "TERMINATED"
+            for d, t in trials.items()
+        )
+
+
+class StateSave(KillPoint):
+    """The driver is saving ``experiment_state.json`` while trials run: killed while its
+    temporary file exists (local storage), or else right as a new version appears."""
+
+    name = "state-save"
+
+    def start(self, baseline: Baseline) -> None:
+        super().start(baseline)
+        self.stamps = [baseline.state_stamp]
+        self.mid_write = False
+
+    def _temporary(self, seen: Observed) -> bool:
+        return any(rel.startswith(".tmp-") and rel.endswith(STATE) for rel in seen.files)
+
+    def reached(self, seen: Observed, driver: Driver) -> bool:
+        stamp = seen.files.get(STATE)
+        if stamp is not None and stamp != self.stamps[-1]:
+            self.stamps.append(stamp)
+        trials_running = any(
+            _attempts(t) > _attempts(self.baseline.trials.get(d)) for d, t in seen.trials().items()
+        )
+        if not trials_running:
+            return False
+        # Wait for a few saves in the hope of catching one mid-write, then take the next one.
+        return self._temporary(seen) or len(self.stamps) > 6
+
+    def confirm(self, seen: Observed) -> bool:
+        self.mid_write = self._temporary(seen)
+        return True
+
+    def __repr__(self) -> str:
+        return f"{self.name}{' (mid-write)' if getattr(self, 'mid_write', False) else ''}"
+
+
+class AfterDelay(KillPoint):
+    """``seconds`` after the driver process started."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.name = f"after-{seconds:.2f}s"
+
+    def reached(self, seen: Observed, driver: Driver) -> bool:
+        return driver.elapsed >= self.seconds
+
+
+# -- experiments ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Kill:
+    """What storage and the side logs held when a driver was killed."""
+
+    point: str
+    mode: str
+    at_s: float
+    trials: dict[str, dict[str, Any]]  # trial dir -> trial.json
+    side_log_lengths: dict[str, int]  # trial id -> events logged before the kill
+    lease: dict[str, Any] | None
+    lineage: list[str]  # flow runs recorded in experiment_state.json
+    partials: list[str]
+
+
+@dataclass
+class Backend:
+    """Where an experiment is stored: ``storage`` is its RunConfig storage_path."""
+
+    name: str
+    storage: str
+    options: dict[str, Any]
+    view_for: Callable[[str], StorageView]
+
+
+@dataclass
+class CrashExperiment:
+    """An experiment driven by driver processes that the test kills."""
+
+    name: str
+    backend: Backend
+    workdir: Path
+    env: dict[str, str]
+    extra_args: list[str] = field(default_factory=list)
+    kills: list[Kill] = field(default_factory=list)
+    runs: int = 0
+    summary: dict[str, Any] | None = None
+    final_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.side_log = self.workdir / "side-log"
+        self.side_log.mkdir(parents=True, exist_ok=True)
+        self.view = self.backend.view_for(self.name)
+
+    def args(self) -> list[str]:
+        return [
+            "--storage",
+            self.backend.storage,
+            "--storage-options",
+            json.dumps(self.backend.options),
+            "--name",
+            self.name,
+            "--side-log",
+            str(self.side_log),
+            *self.extra_args,
+        ]
+
+    def start(self) -> Driver:
+        self.runs += 1
+        return Driver(self.args(), self.env, self.workdir, f"run{self.runs}")
+
+    def observe(self) -> Observed:
+        return Observed(self.view.listing(), self.view)
+
+    def side_log_lengths(self) -> dict[str, int]:
+        return {p.stem: len(read_side_log(self.side_log, p.stem)) for p in self.side_log.iterdir()}
+
+    def settled(self) -> Observed:
+        """A look at storage once writes still in flight (S3 requests sent before the kill)
+        have landed: two identical listings in a row."""
+        seen = self.observe()
+        for _ in range(50):
+            time.sleep(0.2)
+            again = self.observe()
+            if again.files == seen.files:
+                return again
+            seen = again
+        return seen
+
+    @contextlib.contextmanager
+    def driver(self) -> Iterator[Driver]:
+        driver = self.start()
+        try:
+            yield driver
+        finally:
+            driver.stop()
+
+    def run_to_kill(self, point: KillPoint, mode: str = "group", timeout: float = 240) -> Kill | None:
+        """Runs a driver until ``point`` and kills it; None if it finished first (it is then
+        the experiment's last run)."""
+        before = self.observe()
+        point.start(
+            Baseline(
+                trials=before.trials(),
+                partials=before.partial_checkpoints(),
+                state_stamp=before.files.get(STATE),
+            )
+        )
+        with self.driver() as driver:
+            while True:
+                if not driver.running():
+                    self.summary = driver.finish(timeout=30)
+                    return None
+                if driver.elapsed > timeout:
+                    raise AssertionError(f"{point} not reached in {timeout} s\n{driver.tail()}")
+                if point.reached(self.observe(), driver):
+                    driver.freeze()
+                    if point.confirm(self.observe()):
+                        at = driver.elapsed
+                        driver.kill(mode)
+                        driver.wait_gone()
+                        break
+                    driver.thaw()
+                time.sleep(0.001)
+        seen = self.settled()
+        state = seen.view.read_json(STATE) if STATE in seen.files else None
+        kill = Kill(
+            point=repr(point),
+            mode=mode,
+            at_s=at,
+            trials=seen.trials(),
+            side_log_lengths=self.side_log_lengths(),
+            lease=seen.view.read_json("lease.json") if "lease.json" in seen.files else None,
+            lineage=[r["flow_run_id"] for r in state["flow_runs"]] if state else [],
+            partials=sorted(seen.partial_checkpoints()),
+        )
+        self.kills.append(kill)
+        return kill
+
+    def run_to_end(self, timeout: float = 300) -> dict[str, Any]:
+        with self.driver() as driver:
+            self.summary = driver.finish(timeout=timeout)
+            self.final_s = driver.elapsed
+        return self.summary
