@@ -1,40 +1,29 @@
-"""`prefect-tune`: look at stored experiments from a shell, on any storage prefect-tune reaches.
-
-It reads only the small state files (never checkpoint payloads) and writes nothing::
+"""`prefect-tune ls | show | best`: stored experiments, read from any storage; writes nothing.
 
     prefect-tune ls ~/prefect_tune_results
-    prefect-tune show ~/prefect_tune_results/digits
-    prefect-tune best s3://bucket/tune/digits --option endpoint_url=http://127.0.0.1:9000 --json
-    prefect-tune best digits --block tuning --metric acc --mode max --scope last-5-avg
+    prefect-tune show s3://bucket/tune/digits --option endpoint_url=http://127.0.0.1:9000
+    prefect-tune best digits --block tuning --metric acc --mode max --scope last-5-avg --json
 
-Errors print one line to stderr and exit with status 2.
+It reads only the small state files, never checkpoints. Errors: one line on stderr, status 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from prefect_tune.exceptions import (
-    ConfigError,
-    MetricNotReportedError,
-    PrefectTuneError,
-    StateError,
-    StorageNotFoundError,
-)
+from prefect_tune.exceptions import ConfigError, PrefectTuneError, StateError, StorageNotFoundError
 from prefect_tune.results import ResultGrid
 from prefect_tune.session import AUTO_FIELDS
-from prefect_tune.state import ExperimentStore, TrialState, TrialStatus, read_lease
+from prefect_tune.state import ExperimentStore, Lease, TrialState, TrialStatus, read_lease
 from prefect_tune.storage import StorageSpec, TuneStorage, redact
 
 _SCOPES = ("last", "avg", "all", "last-5-avg", "last-10-avg")
-_MAX_CONFIG_COLUMNS = 5
 
 
 def _parse_options(pairs: Sequence[str] | None) -> dict[str, Any]:
@@ -65,41 +54,31 @@ def _spec(args: argparse.Namespace, hidden: list[str]) -> StorageSpec:
     """The storage location the command names; its option values are added to ``hidden``."""
     options = _parse_options(args.option)
     path = args.path or ""
-    if args.block is None:
-        if not path:
-            raise ConfigError("Give a storage path or URL, or --block NAME.")
-        spec = StorageSpec(path, options)
-    elif options:
-        raise ConfigError("Give either --block or --option, not both: keep options in the block.")
-    else:
+    if args.block is not None:
+        if options:
+            raise ConfigError("Give --block or --option, not both: put the options in the block.")
         root = _load_block(args.block).spec()
-        if not path:
-            spec = root
-        elif "://" in path or path.startswith(("/", "~")):
-            spec = StorageSpec(path, root.options)
-        else:
-            spec = root.child(path)
+        absolute = "://" in path or path.startswith(("/", "~"))
+        spec = StorageSpec(path, root.options) if absolute else root.child(path)
+    elif path:
+        spec = StorageSpec(path, options)
+    else:
+        raise ConfigError("Give a storage path or URL, or --block NAME.")
     hidden.extend(_strings(spec.options))
     return spec
 
 
 def _strings(value: Any) -> list[str]:
-    if isinstance(value, str):
-        return [value] if len(value) >= 4 else []
+    """Every string in ``value``, nested ones too (short ones would mask ordinary words)."""
     if isinstance(value, dict):
-        return [s for v in value.values() for s in _strings(v)]
+        value = list(value.values())
     if isinstance(value, (list, tuple)):
         return [s for v in value for s in _strings(v)]
-    return []
-
-
-# -- formatting ----------------------------------------------------------------------------------
+    return [value] if isinstance(value, str) and len(value) >= 4 else []
 
 
 def _when(timestamp: float | None) -> str:
-    if timestamp is None:
-        return "-"
-    return dt.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+    return "-" if timestamp is None else f"{dt.datetime.fromtimestamp(timestamp):%Y-%m-%d %H:%M:%S}"
 
 
 def _value(value: Any) -> str:
@@ -112,17 +91,16 @@ def _value(value: Any) -> str:
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], indent: str = "") -> str:
-    widths = [
-        max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=False)
-    ]
-    lines = [
-        indent
-        + "  ".join(
-            str(cell).ljust(width) for cell, width in zip(line, widths, strict=True)
-        ).rstrip()
+    widths = [max(map(len, column)) for column in zip(headers, *rows, strict=False)]
+    return "\n".join(
+        indent + "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
         for line in (headers, *rows)
-    ]
-    return "\n".join(lines)
+    )
+
+
+def _fields(pairs: Sequence[tuple[str, str]]) -> None:
+    for label, text in pairs:
+        print(f"{label:<12}{text}")
 
 
 def _counts(statuses: Sequence[TrialStatus]) -> str:
@@ -132,23 +110,19 @@ def _counts(statuses: Sequence[TrialStatus]) -> str:
 def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in config.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}/"))
-        else:
-            out[f"{prefix}{key}"] = value
+        out.update(
+            _flat(value, f"{prefix}{key}/") if isinstance(value, dict) else {prefix + key: value}
+        )
     return out
 
 
 def _key_columns(trials: Sequence[TrialState]) -> list[str]:
-    """Config keys whose values differ between trials (all keys for a single trial)."""
+    """Up to 5 config keys whose values differ between trials (all keys for a single trial)."""
     configs = [_flat(t.config) for t in trials]
     keys = list(dict.fromkeys(k for c in configs for k in c))
     if len(configs) > 1:
         keys = [k for k in keys if len({json.dumps(c.get(k), default=str) for c in configs}) > 1]
-    return keys[:_MAX_CONFIG_COLUMNS]
-
-
-# -- commands ------------------------------------------------------------------------------------
+    return keys[:5]
 
 
 def _ls(args: argparse.Namespace, hidden: list[str]) -> int:
@@ -168,15 +142,9 @@ def _ls(args: argparse.Namespace, hidden: list[str]) -> int:
             continue
         trials = state.trials if state is not None else []
         total = definition.total_trials
-        count = f"{len(trials)}/{total}" if total is not None and total != len(trials) else ""
-        rows.append(
-            [
-                label,
-                count or str(len(trials)),
-                _counts([t.status for t in trials]),
-                _when(state.updated_at if state is not None else definition.created_at),
-            ]
-        )
+        count = f"{len(trials)}/{total}" if total not in (None, len(trials)) else str(len(trials))
+        updated = _when(state.updated_at if state is not None else definition.created_at)
+        rows.append([label, count, _counts([t.status for t in trials]), updated])
     if not rows:
         if not storage.exists(""):
             raise StorageNotFoundError(f"Nothing is stored at {storage.url}.")
@@ -186,65 +154,55 @@ def _ls(args: argparse.Namespace, hidden: list[str]) -> int:
     return 0
 
 
+def _driver(lease: Lease | None) -> str:
+    if lease is not None and lease.is_live():
+        ago = time.time() - lease.renewed_at
+        return f"{lease.describe()}, lease renewed {ago:.0f} s ago (ttl {lease.ttl_s:.0f} s)"
+    if lease is not None and not lease.released:  # it stopped without releasing: it crashed
+        return f"none live (last: {lease.describe()}, renewed {_when(lease.renewed_at)})"
+    return "none live"
+
+
+def _trial_row(trial: TrialState, keys: Sequence[str], metric: str | None) -> list[str]:
+    last, config, checkpoint = trial.last_result or {}, _flat(trial.config), trial.latest_checkpoint
+    values = [config.get(k) for k in keys] + ([last.get(metric)] if metric else [])
+    values.append(last.get("training_iteration"))
+    cells = [trial.trial_id, trial.status.value, *map(_value, values)]
+    return [*cells, checkpoint.dir_name if checkpoint else "-"]
+
+
 def _show(args: argparse.Namespace, hidden: list[str]) -> int:
     store = ExperimentStore(_spec(args, hidden).open())
     definition = store.read_definition()
     state, trials = store.load_trials()
-    lease = read_lease(store.storage)
-    metric = definition.metric
-    total = definition.total_trials
-    print(f"Experiment  {definition.name}  ({store.uri})")
-    print(f"Trainable   {definition.trainable}")
-    print(f"Metric      {f'{metric} ({definition.mode})' if metric else '-'}")
-    print(
-        f"Samples     num_samples={definition.num_samples}, "
-        f"trials={total if total is not None else 'unbounded'}, seed={definition.seed}"
+    metric, seed = definition.metric, definition.seed
+    total = definition.total_trials if definition.total_trials is not None else "unbounded"
+    _fields(
+        [
+            ("Experiment", f"{definition.name}  ({store.uri})"),
+            ("Trainable", definition.trainable),
+            ("Metric", f"{metric} ({definition.mode})" if metric else "-"),
+            ("Samples", f"num_samples={definition.num_samples}, trials={total}, seed={seed}"),
+            ("Driver", _driver(read_lease(store.storage))),
+            ("Updated", _when(state.updated_at if state else None)),
+        ]
     )
-    if lease is not None and lease.is_live():
-        print(
-            f"Driver      {lease.describe()}, lease renewed {time.time() - lease.renewed_at:.0f} s"
-            f" ago (ttl {lease.ttl_s:.0f} s)"
-        )
-    else:
-        print("Driver      none live")
-    print(f"Updated     {_when(state.updated_at if state else None)}")
     if state is not None and state.flow_runs:
         print("\nFlow runs:")
         runs = [
-            [
-                str(i),
-                r.flow_run_name or "-",
-                r.flow_run_id or "-",
-                str(r.run_count),
-                _when(r.started_at),
-            ]
+            [str(i), r.flow_run_name or "-", r.flow_run_id or "-", str(r.run_count)]
+            + [_when(r.started_at)]
             for i, r in enumerate(state.flow_runs, 1)
         ]
         print(_table(["#", "NAME", "ID", "RUN", "STARTED"], runs, "  "))
     print(f"\nTrials: {len(trials)} ({_counts([t.status for t in trials])})")
     if trials:
         keys = _key_columns(trials)
-        rows = []
-        for t in trials:
-            last = t.last_result or {}
-            config = _flat(t.config)
-            checkpoint = t.latest_checkpoint
-            rows.append(
-                [t.trial_id, t.status.value]
-                + [_value(config.get(k)) for k in keys]
-                + ([_value(last.get(metric))] if metric else [])
-                + [
-                    _value(last.get("training_iteration")),
-                    checkpoint.dir_name if checkpoint else "-",
-                ]
-            )
         headers = ["TRIAL", "STATUS", *keys, *([metric] if metric else []), "ITER", "CHECKPOINT"]
-        print(_table(headers, rows, "  "))
-    errored = [t for t in trials if t.error and t.status is not TrialStatus.TERMINATED]
-    if errored:
-        print("\nErrors:")
-        for t in errored:
-            print(f"  {t.trial_id}: {t.error}")
+        print(_table(headers, [_trial_row(t, keys, metric) for t in trials], "  "))
+    failed = [t for t in trials if t.error and t.status is not TrialStatus.TERMINATED]
+    if failed:
+        print("\nErrors:", *(f"  {t.trial_id}: {t.error}" for t in failed), sep="\n")
     return 0
 
 
@@ -257,10 +215,6 @@ def _best(args: argparse.Namespace, hidden: list[str]) -> int:
     best = grid.get_best_result(metric=args.metric, mode=args.mode, scope=args.scope)
     metric = args.metric or definition.metric
     mode = args.mode or definition.mode
-    best_checkpoint = None
-    if metric and mode:
-        with contextlib.suppress(MetricNotReportedError):  # no checkpoint reported it
-            best_checkpoint = best.get_best_checkpoint(metric, mode).path
     payload = {
         "trial_id": best.trial_id,
         "status": best.status.value,
@@ -270,35 +224,30 @@ def _best(args: argparse.Namespace, hidden: list[str]) -> int:
         "config": best.config,
         "metrics": best.metrics,
         "checkpoint": best.checkpoint.path if best.checkpoint is not None else None,
-        "best_checkpoint": best_checkpoint,
         "path": best.path,
     }
     if args.json:
         print(json.dumps(payload, indent=2, default=str))
         return 0
     shown = {k: v for k, v in best.metrics.items() if k not in AUTO_FIELDS}
-    print(f"Best trial  {best.trial_id} ({best.status.value}) by {metric} ({mode}, {args.scope})")
-    print(f"Config      {json.dumps(best.config, default=str)}")
-    print(f"Metrics     {json.dumps(shown, default=str)}")
-    print(f"Iterations  {_value(best.metrics.get('training_iteration'))}")
-    print(f"Checkpoint  {payload['checkpoint'] or '-'}")
-    if best_checkpoint and best_checkpoint != payload["checkpoint"]:
-        print(f"Best by {metric}  {best_checkpoint}")
-    print(f"Trial dir   {best.path}")
+    by = f"{metric} ({mode}, {args.scope})"
+    _fields(
+        [
+            ("Best trial", f"{best.trial_id} ({best.status.value}) by {by}"),
+            ("Config", json.dumps(best.config, default=str)),
+            ("Metrics", json.dumps(shown, default=str)),
+            ("Iterations", _value(best.metrics.get("training_iteration"))),
+            ("Checkpoint", payload["checkpoint"] or "-"),
+            ("Trial dir", best.path),
+        ]
+    )
     return 0
-
-
-# -- entry point ---------------------------------------------------------------------------------
 
 
 def _parser() -> argparse.ArgumentParser:
     storage = argparse.ArgumentParser(add_help=False)
-    storage.add_argument(
-        "--option",
-        action="append",
-        metavar="KEY=VALUE",
-        help="an fsspec storage option (VALUE parsed as JSON when it can be); repeatable",
-    )
+    option_help = "an fsspec storage option, VALUE parsed as JSON if it can be; repeatable"
+    storage.add_argument("--option", action="append", metavar="KEY=VALUE", help=option_help)
     storage.add_argument("--block", metavar="NAME", help="a saved TuneStorage block to use")
     parser = argparse.ArgumentParser(
         prog="prefect-tune", description="Look at experiments stored by prefect-tune."
@@ -339,13 +288,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse has printed the usage and the problem
         return exc.code if isinstance(exc.code, int) else 2
     hidden: list[str] = []
-    handler: Callable[[argparse.Namespace, list[str]], int] = args.handler
     try:
-        return handler(args, hidden)
+        return int(args.handler(args, hidden))
     except (PrefectTuneError, OSError, ValueError) as exc:
         print(f"prefect-tune: error: {_one_line(exc, hidden)}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

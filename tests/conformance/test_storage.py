@@ -31,6 +31,7 @@ from prefect_tune.exceptions import (
     UnknownStorageSchemeError,
 )
 from prefect_tune.storage import Storage, StorageSpec, normalize_url, redact
+from tests.conftest import BACKENDS
 
 # The module: the package attribute `fsspec.registry` is the read-only mapping of loaded drivers.
 _fsspec_registry = importlib.import_module("fsspec.registry")
@@ -294,11 +295,15 @@ def _write_from_worker(spec: StorageSpec, rel: str, data: bytes) -> int:
     return os.getpid()
 
 
+@pytest.mark.parametrize(
+    "storage_backend",
+    [b for b in BACKENDS if b.shared],  # memory and local disks are not shared by definition
+    ids=[b.name for b in BACKENDS if b.shared],
+    indirect=True,
+)
 def test_worker_processes_write_and_the_driver_reads_everything(
     storage_spec: StorageSpec, storage_backend, request: pytest.FixtureRequest
 ) -> None:
-    if not storage_backend.shared:
-        pytest.skip(f"{storage_backend.name} storage is not shared between processes")
     from distributed import Client
 
     dask_cluster = request.getfixturevalue("dask_cluster")  # only once a test needs it

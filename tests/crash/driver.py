@@ -28,7 +28,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--side-log", required=True, help="local directory of the side logs")
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--iterations", type=int, default=12)
-    parser.add_argument("--sleep", type=float, default=0.15, help="seconds of work per iteration")
+    parser.add_argument("--sleep", type=float, default=0.1, help="seconds of work per iteration")
     parser.add_argument("--payload-files", type=int, default=2)
     parser.add_argument("--payload-kib", type=int, default=4)
     parser.add_argument("--max-failures", type=int, default=0)

@@ -88,7 +88,11 @@ class S3View(StorageView):
             Bucket=self.bucket, Prefix=self.prefix
         ):
             for obj in page.get("Contents", []):
-                out[obj["Key"][len(self.prefix) :]] = (obj["ETag"], obj["LastModified"], obj["Size"])
+                out[obj["Key"][len(self.prefix) :]] = (
+                    obj["ETag"],
+                    obj["LastModified"],
+                    obj["Size"],
+                )
         return out
 
     def read(self, rel: str) -> bytes | None:
@@ -108,7 +112,11 @@ class Observed:
 
     def trial_dirs(self) -> list[str]:
         return sorted(
-            {rel.split("/")[1] for rel in self.files if rel.startswith(TRIALS) and "/" in rel[7:]}
+            {
+                rel.split("/")[1]
+                for rel in self.files
+                if rel.count("/") >= 2 and rel.startswith(TRIALS)
+            }
         )
 
     def trial(self, dir_name: str) -> dict[str, Any] | None:
@@ -220,7 +228,9 @@ class Driver:
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pgid, signal.SIGKILL)
-            raise AssertionError(f"the driver ran for over {timeout:.0f} s\n{self.tail()}") from None
+            raise AssertionError(
+                f"the driver ran for over {timeout:.0f} s\n{self.tail()}"
+            ) from None
         with contextlib.suppress(AssertionError):
             self.wait_gone(timeout=30)
         for line in self.stdout_path.read_text().splitlines():
@@ -405,6 +415,8 @@ class Kill:
     lease: dict[str, Any] | None
     lineage: list[str]  # flow runs recorded in experiment_state.json
     partials: list[str]
+    # False: only the trials in ``trials`` were hit (a worker kill); the others ran on.
+    whole_experiment: bool = True
 
 
 @dataclass
@@ -479,7 +491,9 @@ class CrashExperiment:
         finally:
             driver.stop()
 
-    def run_to_kill(self, point: KillPoint, mode: str = "group", timeout: float = 240) -> Kill | None:
+    def run_to_kill(
+        self, point: KillPoint, mode: str = "group", timeout: float = 240
+    ) -> Kill | None:
         """Runs a driver until ``point`` and kills it; None if it finished first (it is then
         the experiment's last run)."""
         before = self.observe()
