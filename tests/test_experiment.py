@@ -223,27 +223,12 @@ def test_same_name_resumes_and_other_definition_is_refused(prefect_api, runner, 
 
 
 def test_tune_storage_block_and_bad_credentials(prefect_api, runner, s3_server):
-    import boto3
-
     from prefect_tune import TuneStorage
     from prefect_tune.exceptions import StorageCredentialsError, StoragePermissionError
-    from tests.conformance.test_storage import _moto_checks_credentials
+    from tests._s3auth import create_access_key, moto_checks_credentials
 
     bucket = s3_server.new_bucket()
-    iam = boto3.client("iam", endpoint_url=s3_server.endpoint_url, region_name="us-east-1")
-    user = f"tuner-{uuid.uuid4().hex[:8]}"
-    iam.create_user(UserName=user)
-    iam.put_user_policy(
-        UserName=user,
-        PolicyName="all",
-        PolicyDocument=json.dumps(
-            {
-                "Version": "2012-10-17",
-                "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}],
-            }
-        ),
-    )
-    key = iam.create_access_key(UserName=user)["AccessKey"]
+    key = create_access_key(s3_server.endpoint_url)
     options = {k: v for k, v in s3_server.options.items() if k not in ("key", "secret")}
 
     def block(secret: str) -> TuneStorage:
@@ -256,7 +241,7 @@ def test_tune_storage_block_and_bad_credentials(prefect_api, runner, s3_server):
     good = block(key["SecretAccessKey"])
     good.save("tuning-store", overwrite=True)
     loaded = TuneStorage.load("tuning-store")
-    with _moto_checks_credentials(s3_server.endpoint_url):
+    with moto_checks_credentials(s3_server.endpoint_url):
         results = Tuner(
             trainables.quadratic,
             param_space={"x": tune.grid_search([2.0, 3.0])},

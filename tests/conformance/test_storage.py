@@ -8,15 +8,12 @@ parametrized: each needs one particular backend or failure.
 from __future__ import annotations
 
 import importlib
-import json
 import math
 import os
 import sys
 import threading
 import traceback
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -31,6 +28,7 @@ from prefect_tune.exceptions import (
     UnknownStorageSchemeError,
 )
 from prefect_tune.storage import Storage, StorageSpec, normalize_url, redact
+from tests._s3auth import create_access_key, moto_checks_credentials
 from tests.conftest import BACKENDS
 
 # The module: the package attribute `fsspec.registry` is the read-only mapping of loaded drivers.
@@ -387,39 +385,9 @@ def test_a_missing_bucket_is_not_found(
     assert not storage.exists("experiment.json")
 
 
-@contextmanager
-def _moto_checks_credentials(endpoint_url: str) -> Iterator[None]:
-    """Makes the moto server check every request's signature against its IAM users."""
-    import requests
-
-    reset = f"{endpoint_url}/moto-api/reset-auth"
-    previous = requests.post(reset, data=b"0", timeout=10).json()
-    try:
-        yield
-    finally:
-        requests.post(
-            reset, data=previous["PREVIOUS_INITIAL_NO_AUTH_ACTION_COUNT"].encode(), timeout=10
-        )
-
-
 def test_wrong_s3_credentials_are_named_and_the_secret_never_shown(s3_server) -> None:
-    import boto3
-
     bucket = s3_server.new_bucket()
-    iam = boto3.client("iam", endpoint_url=s3_server.endpoint_url, region_name="us-east-1")
-    user = f"tuner-{uuid.uuid4().hex[:8]}"
-    iam.create_user(UserName=user)
-    iam.put_user_policy(
-        UserName=user,
-        PolicyName="all",
-        PolicyDocument=json.dumps(
-            {
-                "Version": "2012-10-17",
-                "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}],
-            }
-        ),
-    )
-    key = iam.create_access_key(UserName=user)["AccessKey"]
+    key = create_access_key(s3_server.endpoint_url)
     wrong_secret = f"wrong-{uuid.uuid4().hex}"
 
     def spec(key_id: str, secret: str) -> StorageSpec:
@@ -431,7 +399,7 @@ def test_wrong_s3_credentials_are_named_and_the_secret_never_shown(s3_server) ->
     bad_secret = spec(key["AccessKeyId"], wrong_secret)
     unknown_key = spec("AKIAUNKNOWNTUNETEST0", wrong_secret)
 
-    with _moto_checks_credentials(s3_server.endpoint_url):
+    with moto_checks_credentials(s3_server.endpoint_url):
         # The server does check: the right key works...
         right.open().write_bytes("ok.txt", b"ok")
         assert right.open().list_dir() == ["ok.txt"]
