@@ -6,6 +6,7 @@ Port a Ray Tune script by changing its imports::
     from prefect_tune import Tuner, TuneConfig, RunConfig, CheckpointConfig, Checkpoint
 """
 
+from prefect_tune._wrappers import with_parameters
 from prefect_tune.checkpoint import Checkpoint
 from prefect_tune.config import CheckpointConfig, FailureConfig, RunConfig, TuneConfig
 from prefect_tune.exceptions import (
@@ -75,4 +76,5 @@ __all__ = [
     "report",
     "sample_from",
     "uniform",
+    "with_parameters",
 ]

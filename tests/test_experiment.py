@@ -267,3 +267,15 @@ def test_tune_storage_block_and_bad_credentials(prefect_api, runner, s3_server):
         # The stored experiment is intact and loads with the right credentials.
         Storage._cache.clear()
         assert ResultGrid.from_path("block-exp", storage=loaded).num_terminated == 2
+
+
+def test_with_parameters_binds_data(prefect_api, runner, tmp_path):
+    results = Tuner(
+        tune.with_parameters(trainables.uses_bound_data, data=[1, 2, 3]),
+        param_space={"scale": tune.grid_search([1.0, 2.0])},
+        tune_config=TuneConfig(metric="loss", mode="min"),
+        run_config=RunConfig(name="bound", storage_path=str(tmp_path)),
+        task_runner=runner,
+    ).fit()
+    assert sorted(r.metrics["loss"] for r in results) == [6.0, 12.0]
+    assert all(r.path.split("/")[-1].startswith("uses_bound_data_") for r in results)

@@ -105,3 +105,7 @@ def flaky(config: dict[str, Any]) -> None:
             if config.get("fail_once"):
                 os.unlink(poison)
             raise RuntimeError(f"trial {key} failed after step {step}")
+
+
+def uses_bound_data(config: dict[str, Any], data: list[int]) -> None:
+    tune.report({"loss": float(sum(data)) * config["scale"]})
