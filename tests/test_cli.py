@@ -14,7 +14,7 @@ import pytest
 
 import prefect_tune as tune
 from prefect_tune.cli import main
-from prefect_tune.state import ExperimentStore
+from prefect_tune.state import ExperimentStore, FlowRunRecord
 from prefect_tune.storage import StorageSpec
 from tests import trainables
 from tests.test_engine import make_controller
@@ -83,7 +83,7 @@ def test_show_lists_the_flow_runs_that_drove_the_experiment(root, capsys):
     state = store.read_state()
     assert state is not None
     state.flow_runs.append(
-        tune.state.FlowRunRecord(flow_run_id=str(uuid.uuid4()), flow_run_name="quad", run_count=2)
+        FlowRunRecord(flow_run_id=str(uuid.uuid4()), flow_run_name="quad", run_count=2)
     )
     store.write_state(state)
     code, out, _ = run(capsys, "show", str(root / "quad"))

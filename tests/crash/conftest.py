@@ -49,6 +49,7 @@ def crash_env(prefect_api: str) -> dict[str, str]:
     """The environment of driver processes: every run reports to the session's Prefect API."""
     env = dict(os.environ)
     env["PREFECT_API_URL"] = prefect_api
+    env["PREFECT_LOGGING_LEVEL"] = "INFO"  # timestamps of each phase, in the run's .err file
     paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join([REPO_ROOT, *(p for p in paths if p != REPO_ROOT)])
     return env

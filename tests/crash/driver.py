@@ -83,6 +83,10 @@ def summary(results: Any, started: float) -> dict[str, Any]:
     }
 
 
+def _phase(started: float, what: str) -> None:
+    print(f"crash driver: {what} at {time.monotonic() - started:.2f} s", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
@@ -90,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from prefect_tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig, Tuner
     from tests.crash.trainables import crash_trainable
+
+    _phase(started, "imported")
 
     tuner = Tuner(
         crash_trainable,
@@ -112,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
     )
     results = tuner.fit()
+    _phase(started, "fit returned")
     print(SUMMARY_PREFIX + json.dumps(summary(results, started)), flush=True)
     return 0 if results.num_errors == 0 else 1
 

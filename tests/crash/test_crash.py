@@ -46,14 +46,13 @@ def test_reference_run(reference):
 CHOSEN = {
     "local": [
         (DefinitionWritten, "group"),
-        (StateSavedBeforeTrials, "group"),
         (TrialStarted, "driver"),
         (MidCheckpoint, "group"),
         (TrialFinished, "driver"),
         (StateSave, "group"),
     ],
     "s3": [
-        (TrialStarted, "group"),
+        (StateSavedBeforeTrials, "group"),
         (MidCheckpoint, "group"),
         (TrialFinished, "group"),
         (StateSave, "driver"),
