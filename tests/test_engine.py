@@ -196,3 +196,61 @@ def test_uncommitted_checkpoint_is_ignored_and_removed(tmp_path):
     # Resumed from the committed step 2, not the partial "step 99".
     assert trial.attempts[-1].start_iteration == 2
     assert not store.storage.exists(f"{partial}/state.json")
+
+
+def test_time_budget_ends_an_endless_search(tmp_path):
+    import time
+
+    store = ExperimentStore(Storage.open(StorageSpec(str(tmp_path / "exp"))))
+    generator = BasicVariantGenerator(
+        {"x": tune.uniform(0, 1), "steps": 1000, "sleep": 0.01}, -1, seed=0
+    )
+    definition = ExperimentDefinition(
+        name="exp",
+        experiment_id="abcde",
+        trainable="flaky",
+        param_space={},
+        num_samples=-1,
+        seed=0,
+        total_trials=None,
+        metric="loss",
+        mode="min",
+    )
+    store.write_definition(definition)
+
+    def endless(config):
+        for step in range(1, 1001):
+            time.sleep(0.01)
+            tune.report({"loss": config["x"] / step})
+
+    controller = TuneController(
+        store=store,
+        definition=definition,
+        generator=generator,
+        trainable=endless,
+        executor=ThreadTrialExecutor(2),
+        checkpoint_config=CheckpointConfig(),
+        failure_config=FailureConfig(),
+        time_budget_s=1.5,
+        trainable_name="endless",
+    )
+    started = time.monotonic()
+    trials = controller.run()
+    assert time.monotonic() - started < 10
+    assert 2 <= len(trials) <= 4  # two slots; a budget of 1.5 s ends the first two mid-run
+    assert all(t.status is TrialStatus.TERMINATED for t in trials)
+    assert all(t.last_result and t.last_result["training_iteration"] < 1000 for t in trials)
+    state = store.read_state()
+    assert state is not None and not state.finished  # an endless search is never "finished"
+
+
+def test_stop_function(tmp_path):
+    store, controller = make_controller(
+        str(tmp_path / "exp"),
+        trainables.quadratic,
+        {"x": 1.0, "steps": 50},
+        stop=lambda trial_id, result: result["loss"] < 0.5,
+    )
+    (trial,) = controller.run()
+    # loss = 4 / step falls below 0.5 at step 9.
+    assert trial.last_result is not None and trial.last_result["training_iteration"] == 9
