@@ -2,6 +2,7 @@
 
 - a Prefect API (``prefect_test_harness``: a temporary server and database),
 - one ``distributed.LocalCluster`` (2 worker processes x 1 thread) whose workers report to it,
+  hosted in a child process (``bench._cluster_host``) unless ``in_process_cluster``,
 - a moto S3 server on 127.0.0.1,
 - directories under the run's work directory,
 - ``fit()``: a Tuner's ``fit()`` timed alone (optionally under cProfile or tracemalloc).
@@ -13,20 +14,23 @@ from __future__ import annotations
 
 import contextlib
 import cProfile
+import gc
+import json
 import logging
 import os
 import pstats
+import subprocess
+import sys
 import time
 import tracemalloc
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
+from bench._cluster_host import N_WORKERS, THREADS_PER_WORKER
 from bench._common import Recorder
-
-N_WORKERS = 2
-THREADS_PER_WORKER = 1
 
 
 @dataclass
@@ -75,12 +79,14 @@ class BenchContext:
         repeat: int,
         floor: bool,
         profile_dir: str | None = None,
+        in_process_cluster: bool = False,
     ):
         self.rec = rec
         self.workdir = workdir
         self.repeat = repeat
         self.floor = floor
         self.profile_dir = profile_dir
+        self.in_process_cluster = in_process_cluster
         self._stack = contextlib.ExitStack()
         self._api_url: str | None = None
         self._cluster: Any = None
@@ -104,24 +110,31 @@ class BenchContext:
         return self._api_url
 
     def cluster(self) -> Any:
+        """The shared cluster: ``.scheduler_address`` is all a workload needs."""
         if self._cluster is None:
-            from distributed import LocalCluster
-
             api_url = self.prefect_api()
             start = time.perf_counter()
-            self._cluster = self._stack.enter_context(
-                LocalCluster(
-                    n_workers=N_WORKERS,
-                    threads_per_worker=THREADS_PER_WORKER,
-                    processes=True,
-                    host="127.0.0.1",
-                    dashboard_address=None,
-                    silence_logs=logging.WARNING,
-                    env={"PREFECT_API_URL": api_url},
+            if self.in_process_cluster:
+                from distributed import LocalCluster
+
+                self._cluster = self._stack.enter_context(
+                    LocalCluster(
+                        n_workers=N_WORKERS,
+                        threads_per_worker=THREADS_PER_WORKER,
+                        processes=True,
+                        host="127.0.0.1",
+                        dashboard_address=None,
+                        silence_logs=logging.WARNING,
+                        env={"PREFECT_API_URL": api_url},
+                    )
                 )
-            )
+                where = "in the driver process"
+            else:
+                self._cluster = self._stack.enter_context(_hosted_cluster(api_url))
+                where = "in its own process"
             self.rec.add_setup(
-                f"Dask LocalCluster start ({N_WORKERS} workers x {THREADS_PER_WORKER} thread)",
+                f"Dask LocalCluster start ({N_WORKERS} workers x {THREADS_PER_WORKER} thread, "
+                f"{where})",
                 time.perf_counter() - start,
             )
         return self._cluster
@@ -201,6 +214,7 @@ class BenchContext:
         """Times ``tuner.fit()`` alone; with ``memory``, under tracemalloc (slower: not timed)."""
         profiler = cProfile.Profile() if self.profile_dir and not memory else None
         if memory:
+            gc.collect()
             tracemalloc.start()
             baseline = tracemalloc.get_traced_memory()[0]
             tracemalloc.reset_peak()
@@ -215,7 +229,9 @@ class BenchContext:
                 profiler.disable()
         timing = FitTiming(results, wall)
         if memory:
-            current, peak = tracemalloc.get_traced_memory()
+            peak = tracemalloc.get_traced_memory()[1]
+            gc.collect()  # retained = what is still reachable, not garbage awaiting collection
+            current = tracemalloc.get_traced_memory()[0]
             tracemalloc.stop()
             timing.peak_bytes = peak - baseline
             timing.retained_bytes = current - baseline
@@ -235,6 +251,34 @@ class BenchContext:
         self._stack.close()
 
 
+@contextlib.contextmanager
+def _hosted_cluster(api_url: str) -> Iterator[Any]:
+    """The LocalCluster of ``bench._cluster_host``, in a child process (see that module)."""
+    from bench._env import REPO_ROOT
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench._cluster_host", api_url],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=REPO_ROOT,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"bench._cluster_host exited ({process.wait()}) before starting")
+        yield SimpleNamespace(scheduler_address=json.loads(line)["address"], pid=process.pid)
+    finally:
+        if process.stdin is not None:
+            process.stdin.close()
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.terminate()
+            process.wait(timeout=30)
+
+
 def check(results: Any, label: str) -> None:
     """Refuses to report numbers of an experiment whose trials did not all finish cleanly."""
     if results.num_errors or results.num_terminated != len(results):
@@ -249,13 +293,16 @@ def check(results: Any, label: str) -> None:
 def traced_memory() -> Iterator[dict[str, int]]:
     """tracemalloc around a block: yields a dict that gets ``peak`` and ``retained`` bytes."""
     out: dict[str, int] = {}
+    gc.collect()
     tracemalloc.start()
     baseline = tracemalloc.get_traced_memory()[0]
     tracemalloc.reset_peak()
     try:
         yield out
     finally:
-        current, peak = tracemalloc.get_traced_memory()
+        peak = tracemalloc.get_traced_memory()[1]
+        gc.collect()
+        current = tracemalloc.get_traced_memory()[0]
         tracemalloc.stop()
         out["peak"] = peak - baseline
         out["retained"] = current - baseline

@@ -184,16 +184,21 @@ def _stat(label: str, values: list[float]) -> dict[str, Any]:
         "n": len(values),
         "median_ms": round(statistics.median(values), 2),
         "p90_ms": round(p90, 2),
+        "max_ms": round(ordered[-1], 2),
+        "over_1s": sum(v > 1000 for v in values),
     }
 
 
 def format_breakdown(data: dict[str, Any]) -> str:
     lines = [
-        f"Where one W1 trial's time goes (median and p90 over {data['trials']} trials, ms):",
+        f"Where one W1 trial's time goes ({data['trials']} trials of the last run, ms):",
         "",
-        "| step | median ms | p90 ms | n |",
-        "|---|---:|---:|---:|",
+        "| step | median | p90 | max | n | n > 1 s |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for step in data["steps"]:
-        lines.append(f"| {step['step']} | {step['median_ms']} | {step['p90_ms']} | {step['n']} |")
+        lines.append(
+            f"| {step['step']} | {step['median_ms']} | {step['p90_ms']} | {step['max_ms']} | "
+            f"{step['n']} | {step['over_1s']} |"
+        )
     return "\n".join(lines)

@@ -1,15 +1,16 @@
 """The floors: the same work without prefect-tune (imported on Dask workers).
 
 - ``trivial``: the body of the W1 trainable, run with plain ``client.map`` (scheduling floor);
-- ``trivial_task``: the same body as a plain Prefect task on the same DaskTaskRunner, so that
-  Prefect's share of a trial's cost can be told apart from prefect-tune's;
+- ``trivial_task``: the same body as a plain Prefect task on the same DaskTaskRunner, submitted
+  the way prefect-tune submits trials, so that Prefect's share of a trial's cost can be told
+  apart from prefect-tune's (also with a tag, as prefect-tune tags trial task runs);
 - ``put_checkpoints``: W3/W6's checkpoint bytes written with a raw fsspec ``put`` (and the same
   ``num_to_keep`` deletions), on the same workers with the same concurrency (persistence floor).
 """
 
 from __future__ import annotations
 
-import os
+import queue
 import shutil
 import tempfile
 import time
@@ -33,13 +34,28 @@ def trivial_task(x: float) -> float:
     return trivial(x)
 
 
-def run_prefect_tasks(task_runner: Any, n: int) -> list[float]:
-    """``n`` plain Prefect tasks in one flow run on ``task_runner`` (all submitted at once)."""
+def run_prefect_tasks(
+    task_runner: Any, n: int, in_flight: int, tags: list[str] | None = None
+) -> list[float]:
+    """``n`` plain Prefect tasks in one flow run on ``task_runner``, submitted as prefect-tune's
+    controller submits trials: at most ``in_flight`` at once, the next as soon as one ends."""
 
     @flow(name="bench-floor-prefect-tasks", task_runner=task_runner, persist_result=False)
     def floor_flow() -> list[float]:
-        futures = trivial_task.map([float(i) for i in range(n)])
-        return [f.result() for f in futures]
+        runnable = trivial_task.with_options(tags=tags) if tags else trivial_task
+        done: queue.Queue[Any] = queue.Queue()
+        running: list[Any] = []
+        out: list[float] = []
+        for i in range(n + in_flight):
+            if len(running) >= in_flight or (i >= n and running):
+                finished = done.get()
+                running.remove(finished)
+                out.append(finished.result())
+            if i < n:
+                future = runnable.submit(float(i))
+                future.add_done_callback(done.put)
+                running.append(future)
+        return out
 
     return floor_flow()
 
@@ -82,11 +98,3 @@ def remove_tree(url: str, options: dict[str, Any]) -> None:
     fs, root = _filesystem(url, options)
     if fs.exists(root):
         fs.rm(root, recursive=True)
-
-
-def local_size(path: str) -> int:
-    return sum(
-        os.path.getsize(os.path.join(parent, name))
-        for parent, _, names in os.walk(path)
-        for name in names
-    )

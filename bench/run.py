@@ -70,6 +70,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workdir", help="where experiments are stored (default: a new temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument(
+        "--in-process-cluster",
+        action="store_true",
+        help="create the LocalCluster in the driver process (its scheduler then shares the "
+        "driver's CPU and shows in its memory); default: in a child process",
+    )
+    parser.add_argument(
         "--profile",
         metavar="DIR",
         help="cProfile the driver during each timed fit() and write DIR/<run>.prof (slows it)",

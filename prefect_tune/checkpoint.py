@@ -70,7 +70,9 @@ class Checkpoint:
 
     def _storage_root(self) -> Storage:
         if self._storage is None:
-            self._storage = Storage.open(self._spec)
+            # A trainable makes a new local checkpoint per report: keep those out of the
+            # process-wide cache, which would grow with every one of them.
+            self._storage = Storage.open(self._spec) if self._committed else Storage(self._spec)
         return self._storage
 
     def _files(self) -> dict[str, int]:

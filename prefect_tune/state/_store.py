@@ -177,8 +177,8 @@ class ExperimentStore:
                     continue
                 files[rel] = os.path.getsize(full)
         target = layout.checkpoint_dir(dir_name, index)
-        # A crashed attempt may have left a partial directory of the same name.
-        self.storage.delete(target)
+        # A partial directory of the same name (a crash mid-upload) was removed when this
+        # attempt began; stray files would be ignored anyway, since readers go by the manifest.
         self.storage.put_files(
             (os.path.join(local_dir, *rel.split("/")), f"{target}/{rel}") for rel in files
         )
