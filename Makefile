@@ -12,18 +12,20 @@ INSTALL_STAMP := $(VENV)/.installed
 
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
+BENCH_ARGS ?=
 
 # A Prefect home inside the repo keeps the demo's database and settings away from ~/.prefect.
 # With no PREFECT_API_URL set, Prefect starts a temporary local API server for the run.
 PREFECT_ENV := PREFECT_HOME=$(CURDIR)/.prefect-home PREFECT_SERVER_ANALYTICS_ENABLED=false
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test lint
+.PHONY: help venv demo test lint bench
 
 help:
 	@echo "make demo   tune a digits classifier (flows/tune_digits.py); DEMO_ARGS='--name x' passes arguments"
 	@echo "make test   run the tests; PYTEST_ARGS='-x -k storage' passes arguments to pytest"
 	@echo "make lint   ruff check, ruff format --check, mypy prefect_tune"
+	@echo "make bench  run the benchmarks W1-W7 (bench/README.md); BENCH_ARGS='--only W1' passes arguments"
 	@echo "make venv   create .venv and install the package with its test extras"
 
 venv: $(INSTALL_STAMP)
@@ -41,6 +43,9 @@ demo: venv
 
 test: venv
 	$(PREFECT_ENV) $(VENV_PYTHON) -m pytest $(PYTEST_ARGS)
+
+bench: venv
+	$(PREFECT_ENV) $(VENV_PYTHON) -m bench.run $(BENCH_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .
