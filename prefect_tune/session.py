@@ -223,6 +223,9 @@ class TrialSession:
         self.metric = metric
         self.checkpoint_config = checkpoint_config
         self.controls = list(controls)
+        #: Checked right before each commit: a trial whose driver lost the experiment must not
+        #: write its state over the new driver's attempt.
+        self.fence: Callable[[], Decision] | None = None
         self.flush_interval = result_flush_interval_s
         attempt = trial.attempts[-1]
         self.attempt = attempt.attempt
@@ -342,6 +345,8 @@ class TrialSession:
         trial.next_checkpoint_index = index + 1
         dropped = self._checkpoints_to_drop()
         trial.checkpoints = [c for c in trial.checkpoints if c not in dropped]
+        if self.fence is not None and self.fence() is Decision.ABANDON:
+            raise TrialStopped(Decision.ABANDON)
         self.store.write_trial(trial)  # the commit point
         self.store.delete_checkpoints(trial.dir_name, dropped)
         self.resume_checkpoint = Checkpoint._committed_in(

@@ -163,6 +163,7 @@ def run_trial(request: TrialRequest, task_run_id: str | None = None) -> TrialOut
         controls=[StopCriteria(request.stop, request.deadline), fence],
         result_flush_interval_s=request.result_flush_interval_s,
     )
+    session.fence = fence.check
     token = _current.set(session)
     decision = Decision.CONTINUE
     try:
@@ -178,8 +179,8 @@ def run_trial(request: TrialRequest, task_run_id: str | None = None) -> TrialOut
         ) from exc
     finally:
         _current.reset(token)
-    if decision is Decision.ABANDON:
-        return TrialOutcome(trial=trial, decision=decision)
+    if decision is Decision.ABANDON or fence.check() is Decision.ABANDON:
+        return TrialOutcome(trial=trial, decision=Decision.ABANDON)
     session.flush()
     attempt = trial.attempts[-1]
     attempt.ended_at = time.time()
