@@ -15,9 +15,11 @@ SMALL: dict[str, dict[str, Any]] = {
     # W3 at DESIGN's size (local disk is quick; fewer checkpoints make the rate too noisy).
     "W3": {"trials": 4, "checkpoints": 10, "mib": 16, "num_to_keep": 2},
     "W4": {"trials": [500, 2000, 10000]},
-    "W5": {"trials": 8, "iterations": 20},
+    # W5 at DESIGN's size. sleep_s: work per iteration; long enough that the trials the killed
+    # driver leaves running are still running when the restored driver takes over.
+    "W5": {"trials": 8, "iterations": 20, "sleep_s": 0.1},
     "W6": {"trials": 4, "checkpoints": 4, "mib": 16, "num_to_keep": 2},
-    "W7": {"trials": 4},
+    "W7": {"trials": 8, "iterations": 8, "fail_at": 4, "failing": 3, "sleep_s": 0.02},
 }
 
 FULL: dict[str, dict[str, Any]] = {
@@ -25,9 +27,9 @@ FULL: dict[str, dict[str, Any]] = {
     "W2": {"trials": 4, "reports": 2000},
     "W3": {"trials": 4, "checkpoints": 10, "mib": 16, "num_to_keep": 2},
     "W4": {"trials": [500, 2000, 10000]},
-    "W5": {"trials": 8, "iterations": 20},
+    "W5": {"trials": 8, "iterations": 20, "sleep_s": 0.2},
     "W6": {"trials": 4, "checkpoints": 10, "mib": 16, "num_to_keep": 2},
-    "W7": {"trials": 4},
+    "W7": {"trials": 8, "iterations": 20, "fail_at": 10, "failing": 3, "sleep_s": 0.1},
 }
 
 

@@ -17,6 +17,7 @@ from prefect_tune.exceptions import (
     SearchSpaceError,
     StorageError,
     TrialError,
+    WorkerLostError,
 )
 from prefect_tune.results import Result, ResultGrid
 from prefect_tune.session import TrialContext, get_checkpoint, get_context, report
@@ -56,6 +57,7 @@ __all__ = [
     "StorageError",
     "TrialContext",
     "TrialError",
+    "WorkerLostError",
     "TrialStatus",
     "TuneConfig",
     "TuneStorage",

@@ -187,6 +187,12 @@ class RunConfig:
         flow_retry_delay_s: Seconds between those retries.
         lease_ttl_s: Seconds after which a driver that stopped renewing its lease (killed,
             hung, cut off) may be taken over by another run of the experiment.
+        trial_tags: Prefect tags of the trials' task runs; None (the default) tags them with
+            the experiment's name, so that the UI filters them and a tag concurrency limit
+            (``prefect gcl create tag:<name> --limit 2``) caps how many run at once. Prefect
+            asks its API for a concurrency slot for every task run that has a tag; ``()``
+            leaves the tags out and saves that call (a few ms per trial, and stalls while a
+            SQLite-backed Prefect server is busy).
 
     Examples:
         >>> RunConfig(name="exp", storage_path="s3://bucket/tune", stop={"training_iteration": 10})
@@ -205,8 +211,19 @@ class RunConfig:
     flow_retries: int = 0
     flow_retry_delay_s: float = 0.0
     lease_ttl_s: float = 60.0
+    trial_tags: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.trial_tags is not None:
+            if isinstance(self.trial_tags, str) or not all(
+                isinstance(tag, str) and tag for tag in self.trial_tags
+            ):
+                raise _fail(
+                    "RunConfig",
+                    "trial_tags",
+                    f"must be a list of non-empty strings, got {self.trial_tags!r}.",
+                )
+            object.__setattr__(self, "trial_tags", tuple(self.trial_tags))
         if self.resume not in ("auto", "required", "never", "overwrite"):
             raise _fail(
                 "RunConfig",

@@ -126,6 +126,23 @@ class TrialError(PrefectTuneError, RuntimeError):
     """A trial's trainable raised; the original exception is the ``__cause__``."""
 
 
+class WorkerLostError(TrialError):
+    """The process that ran a trial died (its Dask worker was killed, ran out of memory or
+    lost its machine) and Dask started the trial again elsewhere; counted as a failure of the
+    trial, which then resumes from its latest checkpoint as a new task run.
+
+    Attributes:
+        task_run_id: The Prefect task run that died with the process, if known.
+    """
+
+    def __init__(self, message: str, task_run_id: str | None = None):
+        super().__init__(message)
+        self.task_run_id = task_run_id
+
+    def __reduce__(self) -> tuple[type[WorkerLostError], tuple[str, str | None]]:
+        return (type(self), (str(self), self.task_run_id))
+
+
 class TrialsErroredError(TrialError):
     """The experiment ended with errored trials; it is stored and can be resumed."""
 

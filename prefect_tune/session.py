@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextvars
 import datetime as dt
 import enum
+import logging
 import math
 import os
 import shutil
@@ -19,6 +20,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -27,6 +29,8 @@ from prefect_tune.config import CheckpointConfig
 from prefect_tune.exceptions import MetricNotReportedError, ReportError, SessionError
 from prefect_tune.state import CheckpointRecord, ExperimentStore, TrialState
 from prefect_tune.storage import layout
+
+logger = logging.getLogger("prefect_tune")
 
 __all__ = ["TrialContext", "get_checkpoint", "get_context", "report"]
 
@@ -249,6 +253,8 @@ class TrialSession:
         self.host = socket.gethostname()
         self.pid = os.getpid()
         self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None  # made at the first checkpoint
+        self._deleting: list[Future[None]] = []
 
     # -- the trainable's side --------------------------------------------------------------------
 
@@ -325,14 +331,19 @@ class TrialSession:
         trial = self.trial
         index = trial.next_checkpoint_index
         row["checkpoint_dir_name"] = layout.checkpoint_name(index)
-        # Rows up to this one must be durable before the checkpoint that follows them.
-        self.flush()
+        # Rows up to this one must be durable before the commit point below; they are written
+        # while the checkpoint uploads.
+        flushed = self._background().submit(self.flush)
         local_dir, cleanup = self._local_copy(checkpoint)
         try:
             dir_name, size = self.store.upload_checkpoint(trial.dir_name, index, local_dir)
+        except BaseException:
+            wait([flushed])  # the upload's error is the one to raise
+            raise
         finally:
             if cleanup:
                 shutil.rmtree(local_dir, ignore_errors=True)
+        flushed.result()
         trial.checkpoints.append(
             CheckpointRecord(
                 index=index,
@@ -348,10 +359,34 @@ class TrialSession:
         if self.fence is not None and self.fence() is Decision.ABANDON:
             raise TrialStopped(Decision.ABANDON)
         self.store.write_trial(trial)  # the commit point
-        self.store.delete_checkpoints(trial.dir_name, dropped)
+        if dropped:  # no longer listed: deleted while the trainable goes on
+            self._deleting = [f for f in self._deleting if not f.done()]
+            self._deleting.append(
+                self._background().submit(self.store.delete_checkpoints, trial.dir_name, dropped)
+            )
         self.resume_checkpoint = Checkpoint._committed_in(
             self.store.storage.spec.child(f"{layout.trial_dir(trial.dir_name)}/{dir_name}")
         )
+
+    def _background(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(2, thread_name_prefix="prefect-tune-commit")
+        return self._pool
+
+    def close(self) -> None:
+        """Waits for the deletion of checkpoints that ``num_to_keep`` dropped. A deletion that
+        fails leaves a directory no state lists; the trial's next attempt removes it."""
+        for future in self._deleting:
+            try:
+                future.result()
+            except Exception as exc:
+                logger.warning(
+                    "Could not delete a dropped checkpoint of %s: %s", self.trial.trial_id, exc
+                )
+        self._deleting = []
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     @staticmethod
     def _local_copy(checkpoint: Checkpoint) -> tuple[str, bool]:

@@ -421,6 +421,7 @@ class Tuner:
                 task_runner=task_runner,
                 retries=rc.flow_retries,
                 retry_delay_seconds=rc.flow_retry_delay_s,
+                trial_tags=(definition.name,) if rc.trial_tags is None else rc.trial_tags,
             )
         except TrialsErroredError:
             if rc.failure_config.fail_fast == "raise":

@@ -123,6 +123,38 @@ def test_local_experiment_end_to_end(prefect_api, runner, tmp_path):
         assert "x=" in task_run.name and task_run.name.startswith("quadratic_")
 
 
+def experiment_task_runs(name: str) -> list:
+    async def runs():
+        async with get_client() as client:
+            flow_runs = await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name]))
+            )
+            return await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id={"any_": [r.id for r in flow_runs]}),
+                task_run_filter=TaskRunFilter(),
+            )
+
+    return asyncio.run(runs())
+
+
+@pytest.mark.parametrize("tags", [("team-a", "nightly"), ()], ids=["custom", "none"])
+def test_trial_tags(prefect_api, runner, tmp_path, tags):
+    name = f"tags-{len(tags)}-{uuid.uuid4().hex[:6]}"
+    results = Tuner(
+        trainables.quadratic,
+        param_space={"x": tune.grid_search([1.0, 2.0]), "steps": 1},
+        tune_config=TuneConfig(metric="loss", mode="min"),
+        run_config=RunConfig(name=name, storage_path=str(tmp_path), trial_tags=tags),
+        task_runner=runner,
+    ).fit()
+    assert results.num_terminated == 2
+    task_runs = experiment_task_runs(name)
+    assert len(task_runs) == 2
+    for task_run in task_runs:
+        assert task_run.state.is_completed() and sorted(task_run.tags) == sorted(tags)
+        assert task_run.name.startswith("quadratic_")
+
+
 def test_s3_experiment_end_to_end(prefect_api, runner, s3_server):
     bucket = s3_server.new_bucket()
     url = f"s3://{bucket}/sub-path"
@@ -199,6 +231,9 @@ def test_bad_input_fails_up_front_with_named_errors(tmp_path):
         Tuner(trainables.quadratic, run_config=RunConfig(name="e", storage_path="nosuch://x")).fit()
     with pytest.raises(ConfigError, match="metric and mode"):
         TuneConfig(metric="loss")
+    for tags in ("exp", ["ok", ""], [3]):
+        with pytest.raises(ConfigError, match="trial_tags"):
+            RunConfig(trial_tags=tags)
 
 
 def test_same_name_resumes_and_other_definition_is_refused(prefect_api, runner, tmp_path):

@@ -257,27 +257,29 @@ def test_live_lease_blocks_a_second_driver_and_expired_one_is_taken_over(prefect
     assert flaky_tuner(dirs, runner, "leased", ["z"]).fit().num_terminated == 1
 
 
-def test_takeover_marks_the_killed_run_crashed(prefect_api, runner, dirs):
-    async def running_flow_run():
-        async with get_client() as client:
-            created = await client.create_flow_run(
-                flow=flow(name="killed-driver")(lambda: None), name="killed-run"
-            )
-            await client.set_flow_run_state(created.id, Running(), force=True)
-            return created.id
+async def _running_flow_run(name: str) -> uuid.UUID:
+    async with get_client() as client:
+        created = await client.create_flow_run(
+            flow=flow(name="killed-driver")(lambda: None), name=name
+        )
+        await client.set_flow_run_state(created.id, Running(), force=True)
+        return created.id
 
-    old_run_id = asyncio.run(running_flow_run())
+
+async def _state_of(run_id):
+    async with get_client() as client:
+        return (await client.read_flow_run(run_id)).state
+
+
+def test_takeover_marks_the_killed_run_crashed(prefect_api, runner, dirs):
+    old_run_id = asyncio.run(_running_flow_run("killed-run"))
     write_lease(
         dirs, "taken", flow_run_id=str(old_run_id), flow_run_name="killed-run", pid=_dead_pid()
     )
     results = flaky_tuner(dirs, runner, "taken", ["t"]).fit()
     assert results.num_terminated == 1
 
-    async def state_of(run_id):
-        async with get_client() as client:
-            return (await client.read_flow_run(run_id)).state
-
-    state = asyncio.run(state_of(old_run_id))
+    state = asyncio.run(_state_of(old_run_id))
     assert state.is_crashed()
     (new_run,) = flow_runs_named("taken")
     assert str(new_run.id) in state.message
@@ -285,6 +287,32 @@ def test_takeover_marks_the_killed_run_crashed(prefect_api, runner, dirs):
         layout.EXPERIMENT_STATE_FILE
     )
     assert [r["flow_run_id"] for r in experiment_state["flow_runs"]] == [str(new_run.id)]
+
+
+def test_a_driver_killed_before_taking_the_lease_is_marked_crashed(prefect_api, runner, dirs):
+    """Its record under drivers/ is all that is left of it: the next driver marks its flow run
+    CRASHED and tidies the record up; a live driver's record is left alone."""
+    dead_id = asyncio.run(_running_flow_run("died-starting"))
+    live_id = asyncio.run(_running_flow_run("still-starting"))
+    store = Storage.open(StorageSpec(str(dirs["store"] / "unleased")))
+    for run_id, name, pid in (
+        (dead_id, "died-starting", _dead_pid()),
+        (live_id, "still-starting", os.getpid()),
+    ):
+        record = Lease(
+            owner=str(run_id),
+            host=socket.gethostname(),
+            pid=pid,
+            flow_run_id=str(run_id),
+            flow_run_name=name,
+        )
+        store.write_bytes(layout.driver_file(str(run_id)), record.model_dump_json().encode())
+    assert flaky_tuner(dirs, runner, "unleased", ["u"]).fit().num_terminated == 1
+    (new_run,) = flow_runs_named("unleased")
+    dead = asyncio.run(_state_of(dead_id))
+    assert dead.is_crashed() and str(new_run.id) in dead.message
+    assert asyncio.run(_state_of(live_id)).is_running()
+    assert store.list_dir(layout.DRIVERS_DIR) == [f"{live_id}.json"]  # its own record is gone too
 
 
 def test_fail_fast_leaves_unfinished_trials_restorable(prefect_api, runner, dirs):

@@ -27,14 +27,19 @@ def trainable(config: dict[str, Any]) -> None:
     tune.report({"score": score, "t_start": t_start, "t_report": time.time()})
 
 
-def make_tuner(ctx: Any, trials: int, name: str) -> tune.Tuner:
+def make_tuner(
+    ctx: Any, trials: int, name: str, trial_tags: tuple[str, ...] | None = None
+) -> tune.Tuner:
     return tune.Tuner(
         trainable,
         param_space={"x": tune.uniform(0.0, 1.0)},
         tune_config=tune.TuneConfig(metric="score", mode="max", num_samples=trials, seed=0),
-        run_config=tune.RunConfig(name=name, storage_path=ctx.new_dir("w1")),
+        run_config=tune.RunConfig(name=name, storage_path=ctx.new_dir("w1"), trial_tags=trial_tags),
         task_runner=ctx.task_runner(),
     )
+
+
+UNTAGGED = "prefect-tune, trial_tags=()"
 
 
 def _throughput(rec: Recorder, system: str, trials: int, wall: float, concurrency: int) -> None:
@@ -64,6 +69,10 @@ def run(ctx: Any, size: dict[str, Any], rec: Recorder) -> None:
         _throughput(rec, "prefect-tune", trials, timing.wall_s, ctx.concurrency)
         print(f"  W1 rep {rep + 1}: {trials} trials in {timing.wall_s:.2f} s", flush=True)
         last = timing.results
+        # The same without the experiment tag: no concurrency-slot request per task run.
+        timing = ctx.fit(make_tuner(ctx, trials, f"w1-untagged-{rep}", ()), f"W1-untagged-{rep}")
+        _throughput(rec, UNTAGGED, trials, timing.wall_s, ctx.concurrency)
+        print(f"  W1 rep {rep + 1}, {UNTAGGED}: {timing.wall_s:.2f} s", flush=True)
     if traces and last is not None:
         try:
             data = breakdown(traces[-1], last)

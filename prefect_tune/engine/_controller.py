@@ -80,6 +80,7 @@ class TuneController:
         lease_ttl_s: Seconds without lease renewal after which another driver may take over.
         fence_interval_s: How often running trials check the lease.
         on_takeover: Called with the lease of a driver that was taken over (it crashed).
+        on_acquired: Called each time this driver has taken the lease, after ``on_takeover``.
     """
 
     def __init__(
@@ -102,6 +103,7 @@ class TuneController:
         lease_ttl_s: float = DEFAULT_LEASE_TTL_S,
         fence_interval_s: float = 2.0,
         on_takeover: Callable[[Lease], None] | None = None,
+        on_acquired: Callable[[], None] | None = None,
     ):
         self.store = store
         self.definition = definition
@@ -126,6 +128,7 @@ class TuneController:
         )
         self.fence_interval_s = fence_interval_s
         self.on_takeover = on_takeover
+        self.on_acquired = on_acquired
         self.trials: dict[int, TrialState] = {}
         self.state: ExperimentState | None = None
         self._queue: deque[tuple[int, bool]] = deque()  # (trial index, restart from scratch)
@@ -195,12 +198,21 @@ class TuneController:
         Raises:
             TrialError: a trial errored and ``FailureConfig(fail_fast="raise")``.
         """
-        self.executor.check_storage(self.store.storage)
         previous = self.lease.acquire()
         try:
             if previous is not None:
                 self._taken_over(previous)
-            return self._run()
+            if self.on_acquired is not None:
+                try:
+                    self.on_acquired()
+                except Exception as exc:  # bookkeeping only: never block the run
+                    logger.warning("Could not tidy up the experiment's old drivers: %s", exc)
+            self.executor.start()
+            try:
+                self.executor.check_storage(self.store.storage)
+                return self._run()
+            finally:
+                self.executor.close()
         finally:
             self.lease.release()
 

@@ -20,6 +20,15 @@ Completion = tuple[Any, "TrialOutcome | BaseException"]
 class TrialExecutor(Protocol):
     """Runs trial requests somewhere and tells the controller when each one ends."""
 
+    def start(self) -> None:
+        """Gets ready to run trials (starts or connects to a cluster); called once the driver
+        holds the experiment, so a driver that is refused starts nothing."""
+        ...
+
+    def close(self) -> None:
+        """Releases what `start` acquired."""
+        ...
+
     def capacity(self) -> int:
         """How many trials can usefully run at once (the default ``max_concurrent_trials``)."""
         ...
@@ -79,6 +88,12 @@ class ThreadTrialExecutor(QueueingExecutor):
         super().__init__()
         self._workers = max_workers or min(4, os.cpu_count() or 1)
         self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="prefect-tune-trial")
+
+    def start(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
 
     def capacity(self) -> int:
         return self._workers

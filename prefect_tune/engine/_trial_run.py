@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prefect_tune.config import CheckpointConfig
-from prefect_tune.exceptions import TrialError
+from prefect_tune.exceptions import TrialError, WorkerLostError
 from prefect_tune.session import (
     Decision,
     StopCriteria,
@@ -62,11 +62,14 @@ class ExperimentFence:
         self.owner = owner
         self.interval_s = interval_s
         self._last = time.monotonic()
+        #: What the latest read said; kept so that a check made before a commit (which acts
+        #: only on ABANDON) does not hide a PAUSE from the next result.
+        self.decision = Decision.CONTINUE
 
     def check(self) -> Decision:
         self._last = time.monotonic()
-        if self.owner is None:
-            return Decision.CONTINUE
+        if self.owner is None or self.decision is Decision.ABANDON:
+            return self.decision
         try:
             lease = read_lease(self.storage)
         except Exception:  # unreadable now: the next check will tell
@@ -74,11 +77,13 @@ class ExperimentFence:
         if lease is None:
             return Decision.CONTINUE
         if lease.owner != self.owner:
-            return Decision.ABANDON
-        return Decision.PAUSE if lease.stop_trials else Decision.CONTINUE
+            self.decision = Decision.ABANDON
+        elif lease.stop_trials:
+            self.decision = Decision.PAUSE
+        return self.decision
 
     def on_result(self, trial_id: str, result: Mapping[str, Any]) -> Decision:
-        if time.monotonic() - self._last < self.interval_s:
+        if self.decision is Decision.CONTINUE and time.monotonic() - self._last < self.interval_s:
             return Decision.CONTINUE
         return self.check()
 
@@ -95,6 +100,8 @@ def _begin(store: ExperimentStore, request: TrialRequest, task_run_id: str | Non
     stored = store.read_trial(request.trial.dir_name)
     trial = stored if stored is not None else request.trial.model_copy(deep=True)
     trial.num_failures = max(trial.num_failures, request.trial.num_failures)
+    if not request.restart:
+        _fail_if_rerun_after_a_lost_worker(store, request, trial)
     if request.restart:
         store.delete_trial_outputs(trial.dir_name)
         trial = trial.model_copy(
@@ -127,6 +134,37 @@ def _begin(store: ExperimentStore, request: TrialRequest, task_run_id: str | Non
     trial.error_type = None
     store.write_trial(trial)
     return trial
+
+
+def _fail_if_rerun_after_a_lost_worker(
+    store: ExperimentStore, request: TrialRequest, trial: TrialState
+) -> None:
+    """Dask runs a task again by itself when the worker under it died. An attempt this very
+    request started, still RUNNING in storage, tells that story: record it as a failure (so
+    that ``FailureConfig.max_failures`` counts it and the driver resumes the trial as a new
+    task run from its latest checkpoint) instead of silently running it again.
+
+    Raises:
+        WorkerLostError: this run is Dask's rerun of a request whose worker died.
+    """
+    if len(trial.attempts) <= len(request.trial.attempts):
+        return
+    lost = trial.attempts[-1]
+    if lost.status is not TrialStatus.RUNNING or lost.flow_run_id != request.flow_run_id:
+        return
+    message = (
+        f"The process running trial {trial.trial_id} (attempt {lost.attempt}, on "
+        f"{lost.host or 'an unknown host'}) died before the trial ended."
+    )
+    lost.status = TrialStatus.ERROR
+    lost.ended_at = time.time()
+    lost.error = f"WorkerLostError: {message}"
+    trial.status = TrialStatus.ERROR
+    trial.num_failures += 1
+    trial.error = lost.error
+    trial.error_type = "WorkerLostError"
+    store.write_trial(trial)
+    raise WorkerLostError(message, lost.task_run_id)
 
 
 def run_trial(request: TrialRequest, task_run_id: str | None = None) -> TrialOutcome:
@@ -178,6 +216,7 @@ def run_trial(request: TrialRequest, task_run_id: str | None = None) -> TrialOut
             f"Trial {trial.trial_id} ({request.trial_name}) failed: {type(exc).__name__}: {exc}"
         ) from exc
     finally:
+        session.close()
         _current.reset(token)
     if decision is Decision.ABANDON or fence.check() is Decision.ABANDON:
         return TrialOutcome(trial=trial, decision=Decision.ABANDON)

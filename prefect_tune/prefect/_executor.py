@@ -2,53 +2,112 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
+from typing import Any
 
+from prefect.client.orchestration import get_client
 from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
+from prefect.states import Crashed
+from prefect.task_runners import TaskRunner
+from prefect_dask import DaskTaskRunner
 
 from prefect_tune.engine import TrialOutcome, TrialRequest
 from prefect_tune.engine._executor import QueueingExecutor
-from prefect_tune.exceptions import StorageNotSharedError
-from prefect_tune.prefect._task import Sealed, trial_task
+from prefect_tune.exceptions import StorageNotSharedError, WorkerLostError
+from prefect_tune.prefect._dispatch import WorkerContext, run_trial_task
+from prefect_tune.prefect._task import Sealed, trial_run_name, trial_task
 from prefect_tune.storage import Storage, layout, read_probe
+
+logger = logging.getLogger("prefect_tune")
+
+
+def _mark_crashed(error: WorkerLostError) -> None:
+    """Sets the task run that died with its worker CRASHED (it would show RUNNING forever)."""
+    if not error.task_run_id:
+        return
+    try:
+        with get_client(sync_client=True) as client:
+            client.set_task_run_state(
+                uuid.UUID(error.task_run_id), Crashed(message=str(error)), force=True
+            )
+    except Exception as exc:  # bookkeeping only
+        logger.warning("Could not mark task run %s crashed: %s", error.task_run_id, exc)
 
 
 class PrefectTaskExecutor(QueueingExecutor):
-    """Submits each trial as a task run named after the trial and tagged with the experiment.
+    """Runs each trial as a task run of the experiment's flow run, named after the trial and
+    tagged with ``tags``, on ``task_runner``.
 
-    Must be used inside a running flow (the experiment flow), whose task runner runs the tasks.
+    On a ``DaskTaskRunner`` the task runs go straight to the Dask cluster through
+    `run_trial_task`, which keeps Prefect's run context per worker process instead of rebuilding
+    it per task run; any other task runner gets ``task_runner.submit`` as Prefect does it.
+    Must be used inside the running experiment flow.
     """
 
-    def __init__(self, experiment_name: str):
+    def __init__(
+        self, experiment_name: str, task_runner: TaskRunner[Any], tags: tuple[str, ...] = ()
+    ):
         super().__init__()
-        self.experiment_name = experiment_name
-        context = FlowRunContext.get()
-        if context is None:
+        if FlowRunContext.get() is None:
             raise RuntimeError("PrefectTaskExecutor must be used inside a running flow.")
-        self.task_runner = context.task_runner
+        self.experiment_name = experiment_name
+        self.task_runner = task_runner
+        self.tags = tags
+        self._runner: TaskRunner[Any] | None = None
+        self._client: Any = None
+        self._context: WorkerContext | None = None
+        self._task = trial_task.with_options(task_run_name=trial_run_name, tags=list(tags))
+
+    def start(self) -> None:
+        runner = self.task_runner.duplicate()
+        runner.__enter__()
+        self._runner = runner
+        if isinstance(runner, DaskTaskRunner):
+            self._client = runner.client  # starts the local cluster, or connects
+            self._context = WorkerContext.capture(self.experiment_name, self.tags)
+
+    def close(self) -> None:
+        runner, self._runner, self._client = self._runner, None, None
+        if runner is not None:
+            runner.__exit__(None, None, None)
+
+    def _started(self) -> TaskRunner[Any]:
+        if self._runner is None:
+            raise RuntimeError("PrefectTaskExecutor.start() was not called.")
+        return self._runner
 
     def capacity(self) -> int:
-        client = getattr(self.task_runner, "client", None)
-        if client is not None:
-            try:
-                return max(1, sum(client.nthreads().values()))
-            except Exception:  # not a Dask client after all
-                pass
-        return os.cpu_count() or 1
+        self._started()
+        if self._client is not None:
+            return max(1, sum(self._client.nthreads().values()))
+        return getattr(self._runner, "_max_workers", None) or os.cpu_count() or 1
 
-    def submit(self, request: TrialRequest) -> PrefectFuture[TrialOutcome]:
-        task = trial_task.with_options(
-            task_run_name=request.trial_name, tags=[self.experiment_name]
-        )
-        future = task.submit(Sealed(request))
+    def submit(self, request: TrialRequest) -> Any:
+        runner = self._started()
+        if self._client is not None:
+            future = self._client.submit(
+                run_trial_task,
+                self._context,
+                request,
+                key=f"trial-{request.trial.trial_id}-{uuid.uuid4().hex[:8]}",
+                pure=False,
+            )
+        else:
+            future = runner.submit(self._task, parameters={"sealed": Sealed(request)})
         future.add_done_callback(self._on_done)
         return future
 
-    def _outcome(self, handle: PrefectFuture[TrialOutcome]) -> TrialOutcome | BaseException:
+    def _outcome(self, handle: Any) -> TrialOutcome | BaseException:
         try:
-            return handle.result(raise_on_failure=True)
+            if isinstance(handle, PrefectFuture):
+                return handle.result(raise_on_failure=True)
+            return handle.result()
+        except WorkerLostError as exc:
+            _mark_crashed(exc)
+            return exc
         except BaseException as exc:  # the trial's error, or its worker's death
             return exc
 
@@ -61,8 +120,8 @@ class PrefectTaskExecutor(QueueingExecutor):
         Raises:
             StorageNotSharedError: naming the workers that could not, and the fix.
         """
-        client = getattr(self.task_runner, "client", None)
-        if client is None or not hasattr(client, "run"):
+        client = self._client
+        if client is None:
             return
         token = uuid.uuid4().hex
         rel = layout.probe_file(token)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -10,13 +12,15 @@ from typing import Any
 from prefect import Flow
 from prefect.client.orchestration import get_client
 from prefect.context import FlowRunContext
+from prefect.exceptions import ObjectNotFound
 from prefect.states import Crashed
-from prefect.task_runners import TaskRunner
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from prefect_tune.engine import TuneController
 from prefect_tune.exceptions import TrialsErroredError
 from prefect_tune.prefect._executor import PrefectTaskExecutor
 from prefect_tune.state import FlowRunRecord, Lease, TrialState, TrialStatus
+from prefect_tune.storage import Storage, layout
 
 logger = logging.getLogger("prefect_tune")
 
@@ -39,6 +43,74 @@ def mark_taken_over(previous: Lease, by: FlowRunRecord) -> None:
         client.set_flow_run_state(run.id, Crashed(message=message), force=True)
 
 
+class DriverRecords:
+    """The experiment's drivers, one record each under ``drivers/`` in its storage.
+
+    A driver writes its record first thing, before it takes the lease, and deletes it when it
+    ends. A driver that was killed before it took the lease is named in no lease, so no
+    takeover would mark its flow run; the next driver to take the lease finds its record and
+    marks the flow run CRASHED once the driver is provably gone (its process is dead on this
+    host, or its record is older than the lease's time to live: a live driver has by then
+    taken the lease or been refused it).
+    """
+
+    def __init__(self, storage: Storage, me: FlowRunRecord, ttl_s: float):
+        self.storage = storage
+        self.me = me
+        self.ttl_s = ttl_s
+
+    def announce(self) -> None:
+        if self.me.flow_run_id is None:
+            return
+        record = Lease(
+            owner=self.me.flow_run_id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            flow_run_id=self.me.flow_run_id,
+            flow_run_name=self.me.flow_run_name,
+            ttl_s=self.ttl_s,
+        )
+        self.storage.write_bytes(
+            layout.driver_file(self.me.flow_run_id), record.model_dump_json().encode()
+        )
+
+    def withdraw(self) -> None:
+        if self.me.flow_run_id is None:
+            return
+        try:
+            self.storage.delete(layout.driver_file(self.me.flow_run_id))
+        except Exception as exc:  # a stale record is tidied up by the next driver
+            logger.warning("Could not delete the record of this driver: %s", exc)
+
+    def sweep(self) -> None:
+        """Marks the flow runs of drivers that died before taking the lease CRASHED."""
+        names = [n for n in self.storage.list_dir(layout.DRIVERS_DIR) if n.endswith(".json")]
+        if not names:
+            return
+        with get_client(sync_client=True) as client:
+            for name in names:
+                run_id = name[: -len(".json")]
+                if run_id == self.me.flow_run_id:
+                    continue
+                rel = f"{layout.DRIVERS_DIR}/{name}"
+                try:
+                    record = Lease.model_validate_json(self.storage.read_bytes(rel))
+                    run = client.read_flow_run(uuid.UUID(run_id))
+                except ObjectNotFound:
+                    self.storage.delete(rel)
+                    continue
+                if run.state is not None and run.state.is_final():
+                    self.storage.delete(rel)
+                elif not record.is_live():  # dead on this host, or past its time to live
+                    message = (
+                        f"Its driver (pid {record.pid} on {record.host}) stopped before it took "
+                        f"the experiment; flow run {self.me.flow_run_name} "
+                        f"({self.me.flow_run_id}) ran the experiment after it."
+                    )
+                    client.set_flow_run_state(run.id, Crashed(message=message), force=True)
+                    self.storage.delete(rel)
+
+
 def run_experiment_flow(
     build_controller: ControllerFactory,
     *,
@@ -46,6 +118,7 @@ def run_experiment_flow(
     task_runner: TaskRunner[Any],
     retries: int = 0,
     retry_delay_seconds: float = 0.0,
+    trial_tags: tuple[str, ...] = (),
 ) -> list[TrialState]:
     """Runs the experiment as a flow run named ``name`` (a subflow inside a running flow).
 
@@ -59,6 +132,7 @@ def run_experiment_flow(
         task_runner: Where the trial tasks run (a ``DaskTaskRunner``).
         retries: Prefect flow retries of the experiment flow.
         retry_delay_seconds: Pause between retries.
+        trial_tags: Tags of the trials' task runs.
 
     Returns:
         Every trial of the experiment.
@@ -75,9 +149,15 @@ def run_experiment_flow(
             flow_run_name=flow_run.name if flow_run is not None else None,
             run_count=flow_run.run_count if flow_run is not None else 1,
         )
-        controller = build_controller(PrefectTaskExecutor(name), record)
+        controller = build_controller(PrefectTaskExecutor(name, task_runner, trial_tags), record)
+        drivers = DriverRecords(controller.store.storage, record, controller.lease.ttl_s)
         controller.on_takeover = lambda previous: mark_taken_over(previous, record)
-        trials = controller.run()
+        controller.on_acquired = drivers.sweep
+        drivers.announce()
+        try:
+            trials = controller.run()
+        finally:
+            drivers.withdraw()
         errored = [t for t in trials if t.status is TrialStatus.ERROR]
         if errored:
             listing = "; ".join(f"{t.trial_id}: {t.error}" for t in errored[:5])
@@ -93,7 +173,9 @@ def run_experiment_flow(
         fn=experiment,
         name=name,
         flow_run_name=name,
-        task_runner=task_runner,
+        # The trials' task runner is started by the executor once this run holds the
+        # experiment's lease; the flow's own runs only what a user's code may submit.
+        task_runner=ThreadPoolTaskRunner(max_workers=1),  # type: ignore[arg-type]
         retries=retries,
         retry_delay_seconds=retry_delay_seconds,
         validate_parameters=False,
@@ -103,4 +185,4 @@ def run_experiment_flow(
     return flow()
 
 
-__all__ = ["mark_taken_over", "run_experiment_flow"]
+__all__ = ["DriverRecords", "mark_taken_over", "run_experiment_flow"]

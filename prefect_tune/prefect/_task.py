@@ -32,3 +32,11 @@ def trial_task(sealed: Sealed) -> TrialOutcome:
     context = TaskRunContext.get()
     task_run_id = str(context.task_run.id) if context is not None else None
     return run_trial(sealed.request, task_run_id=task_run_id)
+
+
+def trial_run_name() -> str:
+    """The task run's name: the trial's (read from the task run's own parameters)."""
+    context = TaskRunContext.get()
+    if context is None or "sealed" not in context.parameters:
+        return "trial"
+    return str(context.parameters["sealed"].request.trial_name)

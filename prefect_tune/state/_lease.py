@@ -104,7 +104,8 @@ class LeaseHolder:
         storage: The experiment's storage.
         ttl_s: Seconds without renewal after which another driver may take over.
         flow_run: ``{"id": ..., "name": ...}`` of the flow run driving, for messages.
-        settle_s: Pause between writing the lease and reading it back.
+        settle_s: Longest pause between writing the lease and reading it back (a quarter of
+            it on fast storage).
     """
 
     def __init__(
@@ -149,8 +150,12 @@ class LeaseHolder:
             raise self._locked(previous)
         now = time.time()
         self.lease.acquired_at = self.lease.renewed_at = now
+        started = time.monotonic()
         self._write()
-        time.sleep(self.settle_s)
+        # A driver racing for the lease wrote it (or will) within about as long as this
+        # write took: wait many times that, within [settle_s / 4, settle_s], then read back.
+        wrote = time.monotonic() - started
+        time.sleep(min(self.settle_s, max(self.settle_s / 4, 20 * wrote)))
         current = read_lease(self.storage)
         if current is None or current.owner != self.owner:
             raise (

@@ -28,6 +28,8 @@ RESULTS_DIR = "results"
 CHECKPOINT_PREFIX = "checkpoint_"
 MANIFEST_FILE = ".prefect_tune_manifest.json"
 PROBE_DIR = ".probe"
+#: One record per driver (flow run) of the experiment, written before it takes the lease.
+DRIVERS_DIR = "drivers"
 
 _SEGMENT = re.compile(r"^(\d{4})-(\d{6})\.jsonl$")
 _CHECKPOINT = re.compile(r"^checkpoint_(\d{6})$")
@@ -35,6 +37,10 @@ _CHECKPOINT = re.compile(r"^checkpoint_(\d{6})$")
 
 def probe_file(token: str) -> str:
     return f"{PROBE_DIR}/{token}"
+
+
+def driver_file(flow_run_id: str) -> str:
+    return f"{DRIVERS_DIR}/{flow_run_id}.json"
 
 
 def trial_dir(trial_dir_name: str) -> str:

@@ -6,17 +6,11 @@ and with what storage and the side logs held at each kill (:class:`~tests.crash.
 
 from __future__ import annotations
 
-import asyncio
-import uuid
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from prefect.client.orchestration import get_client
-
-from prefect_tune import ResultGrid
-from prefect_tune.storage import Storage
-from tests.crash.harness import MANIFEST, CrashExperiment
+from tests.crash.harness import MANIFEST, CrashExperiment, flow_runs_named, result_grid
 from tests.crash.trainables import expected_metrics, read_side_log
 
 USER_METRICS = ("loss", "score", "step")
@@ -43,13 +37,6 @@ def history_rows(result: Any) -> list[dict[str, Any]]:
         {k: row[k] for k in ("training_iteration", *USER_METRICS)}
         for row in frame.to_dict("records")
     ]
-
-
-def result_grid(exp: CrashExperiment) -> ResultGrid:
-    """The experiment as a user on another machine would load it."""
-    Storage._cache.clear()
-    url = f"{exp.backend.storage.rstrip('/')}/{exp.name}"
-    return ResultGrid.from_path(url, storage_options=exp.backend.options or None)
 
 
 def load_reference(exp: CrashExperiment, duration_s: float, iterations: int) -> Reference:
@@ -125,7 +112,7 @@ def check_checkpoints(exp: CrashExperiment, trial: dict[str, Any], where: str) -
             for rel, stamp in seen.files.items()
             if rel.startswith(f"{prefix}{name}/") and not rel.endswith(MANIFEST)
         }
-        assert sizes == manifest["files"], f"{where}: {name} holds {sizes}, manifest says so not"
+        assert sizes == manifest["files"], f"{where}: {name} holds {sizes}, not {manifest}"
     last = trial["last_result"]["training_iteration"]
     assert trial["checkpoints"][-1]["training_iteration"] == last, where
 
@@ -189,39 +176,45 @@ def check_side_log(exp: CrashExperiment, trial: dict[str, Any], where: str) -> N
                 assert restores[0]["checkpoint"].endswith(committed["dir_name"]), label
 
 
-def flow_runs_named(name: str) -> list[Any]:
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
-
-    async def read() -> list[Any]:
-        async with get_client() as client:
-            return await client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name]))
-            )
-
-    return asyncio.run(read())
+class OrphanedFlowRunError(AssertionError):
+    """A killed driver's flow run is still RUNNING in the Prefect API after the experiment was
+    resumed to its end: no later run marked it CRASHED (neither as the lease holder it took
+    over, nor from the driver's record under ``drivers/``)."""
 
 
 def check_flow_runs(exp: CrashExperiment, state: dict[str, Any]) -> None:
     """The Prefect API tells the story: the last run COMPLETED, every killed one CRASHED with a
-    message naming the run that took over, and the experiment's lineage keeps them all."""
+    message naming a run that took over, and the experiment's lineage keeps them all.
+
+    Raises:
+        OrphanedFlowRunError: after every other check passed, when killed runs are left
+            RUNNING.
+    """
     assert exp.summary is not None
     final_id = exp.summary["flow_runs"][-1]
     runs = {str(r.id): r for r in flow_runs_named(exp.name)}
     assert final_id in runs and runs[final_id].state.is_completed(), runs.get(final_id)
     assert len(runs) <= exp.runs
-    for run_id, run in runs.items():
-        if run_id == final_id:
-            continue
-        assert run.state.is_crashed(), (
-            f"flow run {run.name} ({run_id}) of a killed driver is {run.state.type.value} in the "
-            f"Prefect API after the experiment was resumed to its end; kills: "
-            f"{[(k.point, k.mode, (k.lease or {}).get('flow_run_id')) for k in exp.kills]}"
-        )
-        others = set(runs) - {run_id}
-        assert any(other in (run.state.message or "") for other in others), run.state.message
     lineage = [r["flow_run_id"] for r in state["flow_runs"]]
-    assert lineage[-1] == final_id
+    assert lineage[-1] == final_id and set(lineage) <= set(runs), lineage
     for kill in exp.kills:
         missing = [run_id for run_id in kill.lineage if run_id not in lineage]
         assert not missing, f"lineage {lineage} lost {missing} recorded at {kill.point}"
-    assert all(uuid.UUID(run_id) for run_id in lineage)
+    # A driver killed after its flow run ended (and released the lease) left nothing to mark.
+    done = {k.lease["flow_run_id"] for k in exp.kills if k.lease and k.lease["released"]}
+    held = {k.lease["flow_run_id"]: k.point for k in exp.kills if k.lease}
+    orphans = []
+    for run_id, run in runs.items():
+        if run_id == final_id or (run_id in done and run.state.is_completed()):
+            continue
+        if run.state.is_crashed():
+            others = set(runs) - {run_id}
+            assert any(other in (run.state.message or "") for other in others), run.state.message
+            continue
+        lease = f"held the lease at the kill at {held[run_id]}" if run_id in held else "no lease"
+        orphans.append(f"{run.name} ({run_id}, {lease}): {run.state.type.value}")
+    if orphans:
+        kills = [(k.point, k.mode, round(k.at_s, 2)) for k in exp.kills]
+        raise OrphanedFlowRunError(
+            f"flow runs of killed drivers left running forever: {orphans}; kills: {kills}"
+        )

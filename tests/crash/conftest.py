@@ -11,37 +11,18 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO_ROOT
 from tests.crash.checks import Reference, check_experiment, load_reference
-from tests.crash.harness import Backend, CrashExperiment, LocalView, S3View
+from tests.crash.harness import (
+    REPO_ROOT,
+    TIMINGS,
+    Backend,
+    CrashExperiment,
+    local_backend,
+    s3_backend,
+    unique_name,
+)
 
 ITERATIONS = 12  # the driver's default --iterations
-
-_timings: list[tuple[str, float, str]] = []
-
-
-def local_backend(root: Path) -> Backend:
-    root.mkdir(parents=True, exist_ok=True)
-    return Backend("local", str(root), {}, lambda name: LocalView(str(root / name)))
-
-
-def s3_backend(server: Any) -> Backend:
-    import boto3
-
-    bucket = server.new_bucket()
-    client = boto3.client(
-        "s3",
-        endpoint_url=server.endpoint_url,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-    return Backend(
-        "s3",
-        f"s3://{bucket}/crash",
-        server.options,
-        lambda name: S3View(client, bucket, f"crash/{name}"),
-    )
 
 
 @pytest.fixture(scope="session")
@@ -70,7 +51,7 @@ def make_experiment(
     made: list[CrashExperiment] = []
 
     def make(backend: Backend, extra_args: list[str] | None = None) -> CrashExperiment:
-        name = f"crash-{len(made)}-{os.urandom(3).hex()}"
+        name = unique_name("crash")
         exp = CrashExperiment(
             name, backend, tmp_path / name, crash_env, extra_args=list(extra_args or [])
         )
@@ -81,7 +62,7 @@ def make_experiment(
     yield make
     runs = sum(exp.runs for exp in made)
     kills = ", ".join(f"{k.point}/{k.mode}@{k.at_s:.1f}s" for exp in made for k in exp.kills)
-    _timings.append((request.node.nodeid, time.monotonic() - started, f"{runs} runs; {kills}"))
+    TIMINGS.append((request.node.nodeid, time.monotonic() - started, f"{runs} runs; {kills}"))
 
 
 @pytest.fixture(scope="session")
@@ -92,16 +73,16 @@ def reference(crash_env: dict[str, str], tmp_path_factory: pytest.TempPathFactor
     started = time.monotonic()
     exp.run_to_end()
     duration = time.monotonic() - started
-    _timings.append(("reference run", duration, "1 run"))
+    TIMINGS.append(("reference run", duration, "1 run"))
     ref = load_reference(exp, duration, ITERATIONS)
     check_experiment(exp, ref)
     return ref
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if not _timings:
+    if not TIMINGS:
         return
     terminalreporter.section("crash suite timings")
-    for nodeid, seconds, detail in _timings:
+    for nodeid, seconds, detail in TIMINGS:
         terminalreporter.write_line(f"{seconds:7.1f} s  {nodeid}  [{detail}]")
-    terminalreporter.write_line(f"{sum(s for _, s, _ in _timings):7.1f} s  total")
+    terminalreporter.write_line(f"{sum(s for _, s, _ in TIMINGS):7.1f} s  total")

@@ -5,8 +5,10 @@
 runs ``Tuner(crash_trainable, ...).fit()`` for the experiment ``--name`` under ``--storage``
 (``RunConfig(resume="auto")``: a second run of the same command resumes the first), with its own
 local Dask cluster of two single-threaded worker processes, which inherit this process's
-environment (``PREFECT_API_URL``, ``PYTHONPATH``). At the end it prints one JSON line, the
-:func:`summary` of the experiment. The same arguments always define the same experiment.
+environment (``PREFECT_API_URL``, ``PYTHONPATH``) and die with its process group
+(``DaskTaskRunner`` starts the cluster when the experiment's flow run begins). At the end
+it prints one JSON line, the :func:`summary` of the experiment. The same arguments always
+define the same experiment.
 """
 
 from __future__ import annotations
@@ -36,6 +38,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--fail-upload",
         default=None,
         help='JSON {"x": [...], "iteration": k, "after_files": n}: fail those uploads once',
+    )
+    parser.add_argument(
+        "--delay-lease",
+        type=float,
+        default=0.0,
+        help="seconds to wait after the driver announced itself, before it takes the lease "
+        "(widens that window so a test can kill the driver in it)",
     )
     return parser.parse_args(argv)
 
@@ -84,7 +93,9 @@ def summary(results: Any, started: float) -> dict[str, Any]:
 
 
 def _phase(started: float, what: str) -> None:
-    print(f"crash driver: {what} at {time.monotonic() - started:.2f} s", file=sys.stderr, flush=True)
+    print(
+        f"crash driver: {what} at {time.monotonic() - started:.2f} s", file=sys.stderr, flush=True
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,7 +107,16 @@ def main(argv: list[str] | None = None) -> int:
     from tests.crash.trainables import crash_trainable
 
     _phase(started, "imported")
+    if args.delay_lease:
+        from prefect_tune.state import LeaseHolder
 
+        acquire = LeaseHolder.acquire
+
+        def delayed_acquire(self: LeaseHolder) -> Any:
+            time.sleep(args.delay_lease)
+            return acquire(self)
+
+        LeaseHolder.acquire = delayed_acquire  # type: ignore[method-assign]
     tuner = Tuner(
         crash_trainable,
         param_space=param_space(args),
@@ -113,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                 "n_workers": 2,
                 "threads_per_worker": 1,
                 "processes": True,
+                "host": "127.0.0.1",
                 "dashboard_address": None,
             }
         ),

@@ -6,8 +6,9 @@ is started in a new session (its own process group, with its local Dask cluster'
 processes), watched through storage until its kill point, frozen (SIGSTOP to the group) while
 the point is confirmed, then SIGKILLed: the whole group ("the driver machine died") or the
 driver process alone. What storage and the side logs held at that instant is recorded as a
-:class:`Kill`; the next driver resumes the experiment. :func:`check_experiment` then compares
-everything with the reference run.
+:class:`Kill`, after checking that the experiment loads as it is; the next driver resumes the
+experiment. :func:`tests.crash.checks.check_experiment` then compares everything with the
+reference run.
 """
 
 from __future__ import annotations
@@ -24,10 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prefect_tune import ResultGrid
+from prefect_tune.storage import Storage
 from tests.crash.driver import SUMMARY_PREFIX
 from tests.crash.trainables import read_side_log
 
 REPO_ROOT = str(Path(__file__).resolve().parents[2])
+#: (what, seconds, details) of each crash test, printed at the end of the session.
+TIMINGS: list[tuple[str, float, str]] = []
 TRIALS = "trials/"
 MANIFEST = ".prefect_tune_manifest.json"
 STATE = "experiment_state.json"
@@ -36,11 +41,19 @@ STATE = "experiment_state.json"
 
 
 class StorageView:
-    """Reads an experiment's stored files directly (no product code, no caches).
+    """Reads an experiment's stored files directly, without the product's code.
 
     ``listing()`` maps each file's path relative to the experiment to a stamp that changes
-    whenever the file is rewritten.
+    whenever the file is rewritten; JSON documents are parsed once per stamp.
+
+    Attributes:
+        poll_s: Pause between two looks while watching for a kill point.
     """
+
+    poll_s = 0.001
+
+    def __init__(self) -> None:
+        self._parsed: dict[str, tuple[Any, Any]] = {}
 
     def listing(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -48,13 +61,21 @@ class StorageView:
     def read(self, rel: str) -> bytes | None:
         raise NotImplementedError
 
-    def read_json(self, rel: str) -> Any:
+    def read_json(self, rel: str, stamp: Any = None) -> Any:
+        """The parsed document (None if absent); reused while its ``stamp`` is unchanged."""
+        cached = self._parsed.get(rel)
+        if stamp is not None and cached is not None and cached[0] == stamp:
+            return cached[1]
         data = self.read(rel)
-        return json.loads(data) if data is not None else None
+        parsed = json.loads(data) if data is not None else None
+        if stamp is not None:
+            self._parsed[rel] = (stamp, parsed)
+        return parsed
 
 
 class LocalView(StorageView):
     def __init__(self, path: str):
+        super().__init__()
         self.path = path
 
     def listing(self) -> dict[str, Any]:
@@ -77,7 +98,11 @@ class LocalView(StorageView):
 
 
 class S3View(StorageView):
+    # Every look is a request to the moto server, which serves the drivers from this process.
+    poll_s = 0.05
+
     def __init__(self, client: Any, bucket: str, prefix: str):
+        super().__init__()
         self.client = client
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/"
@@ -108,7 +133,6 @@ class Observed:
 
     files: dict[str, Any]
     view: StorageView
-    _json: dict[str, Any] = field(default_factory=dict)
 
     def trial_dirs(self) -> list[str]:
         return sorted(
@@ -124,9 +148,7 @@ class Observed:
         rel = f"{TRIALS}{dir_name}/trial.json"
         if rel not in self.files:
             return None
-        if rel not in self._json:
-            self._json[rel] = self.view.read_json(rel)
-        return self._json[rel]
+        return self.view.read_json(rel, self.files[rel])
 
     def trials(self) -> dict[str, dict[str, Any]]:
         return {d: t for d in self.trial_dirs() if (t := self.trial(d)) is not None}
@@ -201,7 +223,8 @@ class Driver:
         """``"group"``: the driver and its Dask workers at once; ``"driver"``: the driver
         process alone (its workers, thawed, find out by themselves)."""
         if mode == "group":
-            os.killpg(self.pgid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pgid, signal.SIGKILL)
         else:
             self.proc.kill()
             self.thaw()
@@ -259,6 +282,7 @@ class Driver:
 class Baseline:
     """Storage as a driver found it when it started: kill points look only at what changed."""
 
+    name: str
     trials: dict[str, dict[str, Any]]
     partials: dict[str, dict[str, Any]]
     state_stamp: Any
@@ -268,7 +292,8 @@ class KillPoint:
     """Where in a driver's run to kill it.
 
     ``reached`` is asked on each look at storage; once it says yes the group is frozen and
-    ``confirm`` is asked on a fresh look (no: the group is thawed and watching goes on).
+    ``confirm`` is asked on a look taken once storage is still (no: the group is thawed and
+    watching goes on).
     """
 
     name = "point"
@@ -295,19 +320,49 @@ class DefinitionWritten(KillPoint):
         return "experiment.json" in seen.files and not seen.trials()
 
 
-class StateSavedBeforeTrials(KillPoint):
-    """The driver holds the lease and saved its state; no trial has started in this run."""
+def _attempts(trial: dict[str, Any] | None) -> int:
+    return len(trial["attempts"]) if trial else 0
 
-    name = "state-saved-before-trials"
 
-    def reached(self, seen: Observed, driver: Driver) -> bool:
-        return seen.files.get(STATE) not in (None, self.baseline.state_stamp) and not any(
-            _attempts(t) > _attempts(self.baseline.trials.get(d)) for d, t in seen.trials().items()
+def flow_runs_named(name: str) -> list[Any]:
+    """The flow runs of an experiment (the flow and its runs are named after it)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name]))
         )
 
 
-def _attempts(trial: dict[str, Any] | None) -> int:
-    return len(trial["attempts"]) if trial else 0
+class FlowRunStarted(KillPoint):
+    """The driver's flow run is RUNNING in the Prefect API and has written its record under
+    ``drivers/``, but does not hold the experiment's lease yet."""
+
+    name = "flow-run-started"
+
+    def start(self, baseline: Baseline) -> None:
+        super().start(baseline)
+        self.known = {str(run.id) for run in flow_runs_named(baseline.name)}
+        self.asked = 0.0
+
+    def _unleased(self, seen: Observed) -> bool:
+        lease = seen.view.read_json("lease.json", seen.files.get("lease.json"))
+        return not lease or lease.get("flow_run_id") not in self.new
+
+    def reached(self, seen: Observed, driver: Driver) -> bool:
+        if time.monotonic() - self.asked < 0.05:
+            return False
+        self.asked = time.monotonic()
+        runs = flow_runs_named(self.baseline.name)
+        self.new = {str(r.id) for r in runs if str(r.id) not in self.known and r.state.is_running()}
+        announced = {
+            rel.split("/")[-1][: -len(".json")] for rel in seen.files if rel.startswith("drivers/")
+        }
+        return bool(self.new & announced) and self._unleased(seen)
+
+    def confirm(self, seen: Observed) -> bool:
+        return self._unleased(seen)
 
 
 class TrialStarted(KillPoint):
@@ -379,7 +434,7 @@ class StateSave(KillPoint):
         if not trials_running:
             return False
         # Wait for a few saves in the hope of catching one mid-write, then take the next one.
-        return self._temporary(seen) or len(self.stamps) > 6
+        return self._temporary(seen) or len(self.stamps) > 3
 
     def confirm(self, seen: Observed) -> bool:
         self.mid_write = self._temporary(seen)
@@ -429,6 +484,63 @@ class Backend:
     view_for: Callable[[str], StorageView]
 
 
+def result_grid(exp: CrashExperiment) -> ResultGrid:
+    """The experiment as a user on another machine would load it (nothing cached)."""
+    Storage._cache.clear()
+    url = f"{exp.backend.storage.rstrip('/')}/{exp.name}"
+    return ResultGrid.from_path(url, storage_options=exp.backend.options or None)
+
+
+def check_loads(exp: CrashExperiment, kill: Kill) -> None:
+    """Right after a kill, before any resume, the experiment loads (promise 4) and each trial's
+    history runs from iteration 1 without a gap or a repeat, up to at least its latest
+    committed checkpoint (promises 1 and 3)."""
+    grid = result_grid(exp)
+    by_id = {t["trial_id"]: t for t in kill.trials.values()}
+    assert len(grid) >= len(by_id), (kill.point, len(grid), sorted(by_id))
+    for result in grid:
+        trial = by_id.get(result.trial_id)
+        if trial is None:  # known to the driver's snapshot only; it never started
+            continue
+        frame = result.metrics_dataframe
+        iterations = list(frame["training_iteration"]) if len(frame) else []
+        where = f"trial {result.trial_id} right after the kill at {kill.point}"
+        assert iterations == list(range(1, len(iterations) + 1)), f"{where}: {iterations}"
+        if trial["checkpoints"]:
+            committed = trial["checkpoints"][-1]["training_iteration"]
+            assert len(iterations) >= committed, f"{where}: rows {iterations}, ckpt {committed}"
+
+
+def local_backend(root: Path) -> Backend:
+    root.mkdir(parents=True, exist_ok=True)
+    return Backend("local", str(root), {}, lambda name: LocalView(str(root / name)))
+
+
+def s3_backend(server: Any) -> Backend:
+    """A new bucket on the session's moto server (``tests.conftest.ObjectStoreServer``)."""
+    import boto3
+
+    bucket = server.new_bucket()
+    client = boto3.client(
+        "s3",
+        endpoint_url=server.endpoint_url,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    return Backend(
+        "s3",
+        f"s3://{bucket}/crash",
+        server.options,
+        lambda name: S3View(client, bucket, f"crash/{name}"),
+    )
+
+
+def unique_name(prefix: str) -> str:
+    """An experiment name no other test uses: flow runs are looked up by it."""
+    return f"{prefix}-{os.urandom(3).hex()}"
+
+
 @dataclass
 class CrashExperiment:
     """An experiment driven by driver processes that the test kills."""
@@ -441,7 +553,6 @@ class CrashExperiment:
     kills: list[Kill] = field(default_factory=list)
     runs: int = 0
     summary: dict[str, Any] | None = None
-    final_s: float = 0.0
 
     def __post_init__(self) -> None:
         self.side_log = self.workdir / "side-log"
@@ -499,6 +610,7 @@ class CrashExperiment:
         before = self.observe()
         point.start(
             Baseline(
+                name=self.name,
                 trials=before.trials(),
                 partials=before.partial_checkpoints(),
                 state_stamp=before.files.get(STATE),
@@ -513,13 +625,14 @@ class CrashExperiment:
                     raise AssertionError(f"{point} not reached in {timeout} s\n{driver.tail()}")
                 if point.reached(self.observe(), driver):
                     driver.freeze()
-                    if point.confirm(self.observe()):
+                    # Requests sent before the freeze (to S3) may still land: judge after them.
+                    if driver.running() and point.confirm(self.settled()):
                         at = driver.elapsed
                         driver.kill(mode)
                         driver.wait_gone()
                         break
                     driver.thaw()
-                time.sleep(0.001)
+                time.sleep(self.view.poll_s)
         seen = self.settled()
         state = seen.view.read_json(STATE) if STATE in seen.files else None
         kill = Kill(
@@ -533,10 +646,11 @@ class CrashExperiment:
             partials=sorted(seen.partial_checkpoints()),
         )
         self.kills.append(kill)
+        if "experiment.json" in seen.files:
+            check_loads(self, kill)
         return kill
 
     def run_to_end(self, timeout: float = 300) -> dict[str, Any]:
         with self.driver() as driver:
             self.summary = driver.finish(timeout=timeout)
-            self.final_s = driver.elapsed
         return self.summary

@@ -32,10 +32,13 @@ def side_log_path(side_log: str | os.PathLike[str], trial_id: str) -> Path:
     return Path(side_log) / f"{trial_id}.jsonl"
 
 
-def write_side_log(side_log: str, trial_id: str, event: str, iteration: int, **extra: Any) -> None:
-    """Appends one event of ``trial_id`` durably (flush + fsync)."""
+def write_side_log(
+    side_log: str, trial_id: str, x: float, event: str, iteration: int, **extra: Any
+) -> None:
+    """Appends one event of trial ``trial_id`` (parameter ``x``) durably (flush + fsync)."""
     line = {
         "trial_id": trial_id,
+        "x": x,
         "event": event,
         "iteration": iteration,
         "pid": os.getpid(),
@@ -131,15 +134,17 @@ def crash_trainable(config: dict[str, Any]) -> None:
             with checkpoint.as_directory() as directory:
                 state = _read_checkpoint(directory, config)
         except Exception as exc:
-            write_side_log(side_log, trial_id, "bad_restore", -1, error=repr(exc))
+            write_side_log(side_log, trial_id, config["x"], "bad_restore", -1, error=repr(exc))
             raise
         start, value = int(state["step"]), float(state["value"])
-        write_side_log(side_log, trial_id, "restore", start, checkpoint=checkpoint.path)
+        write_side_log(
+            side_log, trial_id, config["x"], "restore", start, checkpoint=checkpoint.path
+        )
     fault = config.get("fail_upload")
     for step in range(start + 1, int(config["iterations"]) + 1):
         time.sleep(float(config["sleep_s"]))
         value = next_value(value, config["x"], step)
-        write_side_log(side_log, trial_id, "run", step)
+        write_side_log(side_log, trial_id, config["x"], "run", step)
         if (
             fault
             and config["x"] in fault["x"]
@@ -148,11 +153,11 @@ def crash_trainable(config: dict[str, Any]) -> None:
         ):
             trial_dir = context.get_trial_dir().rstrip("/").rsplit("/", 1)[-1]
             faults.arm(f"{trial_dir}/checkpoint_", after_files=int(fault["after_files"]))
-            write_side_log(side_log, trial_id, "armed", step)
+            write_side_log(side_log, trial_id, config["x"], "armed", step)
         with tempfile.TemporaryDirectory(prefix="crash-ckpt-") as directory:
             _write_checkpoint(directory, config, step, value)
             tune.report(
                 {"loss": value, "score": config["x"] * step, "step": step},
                 checkpoint=Checkpoint.from_directory(directory),
             )
-        write_side_log(side_log, trial_id, "committed", step)
+        write_side_log(side_log, trial_id, config["x"], "committed", step)
