@@ -315,6 +315,32 @@ def test_a_driver_killed_before_taking_the_lease_is_marked_crashed(prefect_api, 
     assert store.list_dir(layout.DRIVERS_DIR) == [f"{live_id}.json"]  # its own record is gone too
 
 
+def test_an_attempt_its_driver_left_running_is_closed_when_the_trial_resumes(
+    prefect_api, runner, dirs
+):
+    """A trial whose driver was killed mid-attempt shows that attempt RUNNING in trial.json;
+    the attempt that resumes it records it as interrupted, not as a failure."""
+    assert flaky_tuner(dirs, runner, "left", ["l"]).fit().num_terminated == 1
+    store = Storage.open(StorageSpec(str(dirs["store"] / "left")))
+    (trial_dir,) = store.list_dir(layout.TRIALS_DIR)
+    rel = layout.trial_file(trial_dir)
+    trial = store.read_json(rel)
+    trial["status"] = trial["attempts"][-1]["status"] = "RUNNING"
+    trial["attempts"][-1]["ended_at"] = None
+    store.write_json(rel, trial)
+    snapshot = store.read_json(layout.EXPERIMENT_STATE_FILE)  # as the killed driver left it
+    snapshot["finished"] = False
+    snapshot["trials"][0]["status"] = "RUNNING"
+    store.write_json(layout.EXPERIMENT_STATE_FILE, snapshot)
+    (result,) = flaky_tuner(dirs, runner, "left", ["l"]).fit()
+    assert result.status is TrialStatus.TERMINATED
+    first, second = store.read_json(rel)["attempts"]
+    assert first["status"] == "PAUSED" and "Interrupted" in first["error"]
+    assert first["ended_at"] is not None and second["status"] == "TERMINATED"
+    assert store.read_json(rel)["num_failures"] == 0
+    assert steps_run(dirs, "l") == [1, 2, 3, 4, 5, 6]  # resumed from step 6: nothing re-ran
+
+
 def test_fail_fast_leaves_unfinished_trials_restorable(prefect_api, runner, dirs):
     poison(dirs, "f0")
     space = {

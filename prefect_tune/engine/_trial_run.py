@@ -118,6 +118,12 @@ def _begin(store: ExperimentStore, request: TrialRequest, task_run_id: str | Non
     else:
         # A crash mid-upload leaves a checkpoint directory its trial never committed.
         store.remove_uncommitted_checkpoints(trial)
+    interrupted = trial.attempts[-1] if trial.attempts else None
+    if interrupted is not None and interrupted.status is TrialStatus.RUNNING:
+        # Its driver was killed or taken over before the attempt ended: close its record.
+        interrupted.status = TrialStatus.PAUSED
+        interrupted.ended_at = trial.updated_at or time.time()
+        interrupted.error = "Interrupted: it stopped without ending (its driver was stopped)."
     latest = trial.latest_checkpoint
     trial.attempts.append(
         AttemptRecord(
