@@ -1,8 +1,12 @@
 """`ResultGrid` and `Result`: what ``Tuner.fit()`` returns, rebuilt from storage alone.
 
-A grid reads only small state files. It never reads checkpoint payloads, and it reads a trial's
-history of reported results only when asked for it: ``Result.metrics_dataframe``, a
-``get_best_result`` scope other than ``"last"``, or ``get_dataframe(filter_metric=...)``.
+A grid reads only small state files. Building one reads the experiment's snapshot (each trial's
+summary: config, last result, status, latest checkpoint) and the ``trial.json`` of trials the
+snapshot does not show finished. It keeps each summary as its JSON and parses it when asked. It
+reads a trial's ``trial.json`` only for its kept checkpoints' records or its history
+(``Result.best_checkpoints``), the history of reported results only when asked for it
+(``Result.metrics_dataframe``, a ``get_best_result`` scope other than ``"last"``,
+``get_dataframe(filter_metric=...)``), and never a checkpoint's payload.
 
 Examples:
     Analyse an experiment from any machine that can reach its storage::
@@ -29,6 +33,7 @@ from prefect_tune.checkpoint import Checkpoint
 from prefect_tune.exceptions import ConfigError, MetricNotReportedError, TrialError
 from prefect_tune.session import AUTO_FIELDS
 from prefect_tune.state import ExperimentDefinition, ExperimentStore, TrialState, TrialStatus
+from prefect_tune.state._models import PackedSummary, TrialSummary
 from prefect_tune.storage import Storage, StorageSpec, TuneStorage, join_url, layout
 
 __all__ = ["Result", "ResultGrid"]
@@ -143,35 +148,60 @@ class Result:
         >>> best.metrics_dataframe[["training_iteration", "loss"]]  # doctest: +SKIP
     """
 
-    __slots__ = ("_store", "_trial", "_history", "_error", "_checkpoints")
+    __slots__ = ("_store", "_summary", "_state", "_history", "_error", "_checkpoints")
 
-    def __init__(self, store: ExperimentStore, trial: TrialState):
+    def __init__(self, store: ExperimentStore, trial: TrialState | PackedSummary):
         self._store = store
-        # A snapshot: the controller may go on updating its own TrialState.
-        self._trial = trial.model_copy(deep=True)
+        self._state: TrialState | None
+        if isinstance(trial, PackedSummary):
+            self._summary = trial
+            self._state = None  # read from trial.json when details are asked for
+        else:
+            # A copy: the caller may go on updating its own TrialState.
+            self._state = trial.model_copy(deep=True)
+            self._summary = PackedSummary.of(self._state)
         self._history: list[dict[str, Any]] | None = None
         self._error: TrialError | None = None
         self._checkpoints: list[tuple[Checkpoint, dict[str, Any]]] | None = None
 
+    def _unpacked(self) -> TrialSummary:
+        return self._summary.unpack()
+
+    @property
+    def _trial(self) -> TrialState:
+        """The trial's whole state (its ``trial.json``, read once)."""
+        if self._state is None:
+            stored = self._store.read_trial(self._unpacked().dir_name)
+            self._state = self._summary.whole(stored)
+        return self._state
+
     @property
     def trial_id(self) -> str:
-        return self._trial.trial_id
+        return self._unpacked().trial_id
 
     @property
     def status(self) -> TrialStatus:
-        return self._trial.status
+        return self._summary.status
 
     @property
     def config(self) -> dict[str, Any]:
-        return self._trial.config
+        return self._unpacked().config
+
+    @property
+    def num_failures(self) -> int:
+        """How many times the trial failed (its trainable raised or its worker died)."""
+        return self._summary.num_failures
 
     @property
     def metrics(self) -> dict[str, Any]:
-        return self._trial.last_result or {}
+        return self._unpacked().last_result or {}
 
     @property
     def path(self) -> str:
-        return self._store.storage.uri(layout.trial_dir(self._trial.dir_name))
+        return self._path(self._unpacked())
+
+    def _path(self, summary: TrialSummary) -> str:
+        return self._store.storage.uri(layout.trial_dir(summary.dir_name))
 
     @property
     def filesystem(self) -> fsspec.AbstractFileSystem:
@@ -180,28 +210,33 @@ class Result:
     @property
     def best_checkpoints(self) -> list[tuple[Checkpoint, dict[str, Any]]]:
         if self._checkpoints is None:
+            trial = self._trial
             self._checkpoints = [
-                (self._checkpoint_at(record.dir_name), record.metrics)
-                for record in self._trial.checkpoints
+                (self._checkpoint_at(trial.dir_name, record.dir_name), record.metrics)
+                for record in trial.checkpoints
             ]
         return list(self._checkpoints)
 
     @property
     def checkpoint(self) -> Checkpoint | None:
-        kept = self.best_checkpoints
-        return kept[-1][0] if kept else None
+        if self._checkpoints is not None:
+            return self._checkpoints[-1][0] if self._checkpoints else None
+        summary = self._unpacked()  # names the latest: no trial.json to read
+        if summary.checkpoint is None:
+            return None
+        return self._checkpoint_at(summary.dir_name, summary.checkpoint)
 
     @property
     def error(self) -> TrialError | None:
-        trial = self._trial
-        failed = trial.status is TrialStatus.ERROR or (
-            trial.error is not None and trial.status is not TrialStatus.TERMINATED
-        )
-        if not failed:
-            return None
         if self._error is None:
-            message = trial.error or f"Trial {trial.trial_id} errored."
-            self._error = _StoredTrialError(message, self._store, trial.dir_name)
+            summary = self._unpacked()
+            failed = summary.status is TrialStatus.ERROR or (
+                summary.error is not None and summary.status is not TrialStatus.TERMINATED
+            )
+            if not failed:
+                return None
+            message = summary.error or f"Trial {summary.trial_id} errored."
+            self._error = _StoredTrialError(message, self._store, summary.dir_name)
         return self._error
 
     @property
@@ -225,12 +260,12 @@ class Result:
         if best is None:
             raise MetricNotReportedError(
                 f"Trial {self.trial_id} has no checkpoint reported with a numeric {metric!r} "
-                f"({len(self._trial.checkpoints)} checkpoints kept)."
+                f"({len(self.best_checkpoints)} checkpoints kept)."
             )
         return best[0]
 
-    def _checkpoint_at(self, dir_name: str) -> Checkpoint:
-        rel = f"{layout.trial_dir(self._trial.dir_name)}/{dir_name}"
+    def _checkpoint_at(self, trial_dir: str, dir_name: str) -> Checkpoint:
+        rel = f"{layout.trial_dir(trial_dir)}/{dir_name}"
         return Checkpoint._committed_in(self._store.storage.spec.child(rel))
 
     def _rows(self) -> list[dict[str, Any]]:
@@ -240,8 +275,8 @@ class Result:
 
     def _score(self, metric: str, mode: str, scope: str, finite_only: bool) -> float | None:
         """The trial's ``scope`` score of ``metric``; None when it never reported a number."""
-        if scope == "last":  # from the trial's state: no history read
-            return _number(_lookup(self._trial.last_result, metric))
+        if scope == "last":  # from the trial's summary: no history read
+            return _number(_lookup(self._unpacked().last_result, metric))
         values = [v for row in self._rows() if (v := _number(_lookup(row, metric))) is not None]
         if not values:
             return None
@@ -253,9 +288,8 @@ class Result:
         window = values if scope == "avg" else values[-int(scope.split("-")[1]) :]
         return sum(window) / len(window)
 
-    def _best_row(self, metric: str, mode: str | None) -> dict[str, Any]:
-        """The history row with the best ``metric`` (first of ties); the last one without a mode."""
-        last = self.metrics
+    def _best_row(self, metric: str, mode: str | None, last: dict[str, Any]) -> dict[str, Any]:
+        """The history row with the best ``metric`` (first of ties); ``last`` without a mode."""
         if mode is None:
             return last
         best: tuple[dict[str, Any], float] | None = None
@@ -266,17 +300,19 @@ class Result:
         return best[0] if best is not None else last
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"spec": self._store.storage.spec, "trial": self._trial}
+        return {"spec": self._store.storage.spec, "trial": self._state or self._summary}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(ExperimentStore(state["spec"].open()), state["trial"])  # type: ignore[misc]
 
     def _repr(self, indent: int = 0) -> str:
-        shown: dict[str, Any] = {"trial_id": self.trial_id, "status": self.status.value}
+        summary = self._unpacked()
+        shown: dict[str, Any] = {"trial_id": summary.trial_id, "status": self.status.value}
         if self.error is not None:
             shown["error"] = str(self.error)
-        shown["metrics"] = {k: v for k, v in self.metrics.items() if k not in AUTO_FIELDS}
-        shown["path"] = self.path
+        metrics = summary.last_result or {}
+        shown["metrics"] = {k: v for k, v in metrics.items() if k not in AUTO_FIELDS}
+        shown["path"] = self._path(summary)
         protocol = self.filesystem.protocol
         shown["filesystem"] = protocol[0] if isinstance(protocol, (tuple, list)) else protocol
         shown["checkpoint"] = self.checkpoint
@@ -296,7 +332,8 @@ class ResultGrid(Sequence[Result]):
 
     Args:
         store: The experiment's store.
-        trials: The trials' states; read from the store when None.
+        trials: The trials, as their states or as the summaries ``TuneController.run`` returns;
+            read from the store when None.
         definition: The experiment's definition; read from the store when None.
 
     Raises:
@@ -316,13 +353,13 @@ class ResultGrid(Sequence[Result]):
     def __init__(
         self,
         store: ExperimentStore,
-        trials: list[TrialState] | None = None,
+        trials: Sequence[TrialState | PackedSummary] | None = None,
         definition: ExperimentDefinition | None = None,
     ):
         self._store = store
         self._definition = definition if definition is not None else store.read_definition()
         if trials is None:
-            trials = store.load_trials()[1]
+            trials = store.load_summaries()[1]
         self._results = [Result(store, t) for t in sorted(trials, key=lambda t: t.index)]
 
     @classmethod
@@ -499,17 +536,15 @@ class ResultGrid(Sequence[Result]):
             )
         rows = []
         for result in self._results:
-            if filter_metric is None:
-                picked = result.metrics
-            else:
-                picked = result._best_row(filter_metric, filter_mode)
+            summary = result._unpacked()
+            picked = summary.last_result or {}
+            if filter_metric is not None:
+                picked = result._best_row(filter_metric, filter_mode, picked)
             row = _flatten(picked)
-            row.update(_flatten(result.config, "config/"))
+            row.update(_flatten(summary.config, "config/"))
+            path = result._path(summary)
             row.update(
-                trial_id=result.trial_id,
-                status=result.status.value,
-                logdir=result.path,
-                path=result.path,
+                trial_id=summary.trial_id, status=summary.status.value, logdir=path, path=path
             )
             rows.append(row)
         if not rows:

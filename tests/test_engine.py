@@ -16,7 +16,8 @@ from prefect_tune.engine import (
     describe_param_space,
 )
 from prefect_tune.exceptions import SessionError
-from prefect_tune.state import ExperimentDefinition, ExperimentStore, TrialStatus
+from prefect_tune.state import ExperimentDefinition, ExperimentStore, TrialState, TrialStatus
+from prefect_tune.state._models import PackedSummary, TrialSummary
 from prefect_tune.storage import Storage, StorageSpec, layout
 from tests import trainables
 
@@ -65,14 +66,21 @@ def make_controller(
     return store, controller
 
 
+def whole(store: ExperimentStore, rows: list[PackedSummary]) -> list[TrialState]:
+    """The stored states of the trials ``TuneController.run`` returned as summaries."""
+    states = [store.read_trial(row.dir_name) for row in rows]
+    assert all(state is not None for state in states)
+    return states  # type: ignore[return-value]
+
+
 def test_runs_every_trial_and_stores_history(tmp_path):
     store, controller = make_controller(
         str(tmp_path / "exp"), trainables.quadratic, {"x": tune.grid_search([1.0, 2.0, 3.0])}
     )
-    trials = controller.run()
-    assert [t.status for t in trials] == [TrialStatus.TERMINATED] * 3
-    assert [t.config["x"] for t in trials] == [1.0, 2.0, 3.0]
-    for trial in trials:
+    rows = controller.run()
+    assert [t.status for t in rows] == [TrialStatus.TERMINATED] * 3
+    assert [t.unpack().config["x"] for t in rows] == [1.0, 2.0, 3.0]
+    for trial in whole(store, rows):
         history = store.read_history(trial)
         assert [row["training_iteration"] for row in history] == [1, 2, 3, 4, 5]
         assert [row["loss"] for row in history] == [
@@ -94,7 +102,7 @@ def test_num_to_keep_keeps_best_by_score_and_latest(tmp_path):
             num_to_keep=2, checkpoint_score_attribute="loss", checkpoint_score_order="max"
         ),
     )
-    (trial,) = controller.run()
+    (trial,) = whole(store, controller.run())
     # loss = 4 / step is largest at steps 1 and 2; step 6 is the latest, always kept.
     assert [c.training_iteration for c in trial.checkpoints] == [1, 2, 6]
     on_disk = sorted(
@@ -112,7 +120,7 @@ def test_stop_condition_ends_trial_at_report(tmp_path):
         {"x": 1.0, "steps": 50},
         stop={"training_iteration": 3},
     )
-    (trial,) = controller.run()
+    (trial,) = whole(store, controller.run())
     assert trial.status is TrialStatus.TERMINATED
     assert [r["training_iteration"] for r in store.read_history(trial)] == [1, 2, 3]
 
@@ -125,7 +133,7 @@ def test_failed_trial_resumes_from_checkpoint_with_exact_history(tmp_path):
         {"fail_at": 3},
         failure_config=FailureConfig(max_failures=1),
     )
-    (trial,) = controller.run()
+    (trial,) = whole(store, controller.run())
     assert trial.status is TrialStatus.ERROR
     assert trial.num_failures == 2
     assert len(trial.attempts) == 2
@@ -140,13 +148,13 @@ def test_restore_runs_only_unfinished(tmp_path):
     store, controller = make_controller(
         url, trainables.raises_at, {"fail_at": tune.grid_search([None, 3])}
     )
-    trials = controller.run()
+    trials = whole(store, controller.run())
     assert [t.status for t in trials] == [TrialStatus.TERMINATED, TrialStatus.ERROR]
     finished_attempts = len(trials[0].attempts)
 
     # Default restore skips the errored trial; resume_errored resumes it from step 2.
     _, again = make_controller(url, trainables.raises_at, {"fail_at": tune.grid_search([None, 3])})
-    trials = again.run()
+    trials = whole(store, again.run())
     assert [t.status for t in trials] == [TrialStatus.TERMINATED, TrialStatus.ERROR]
     assert len(trials[0].attempts) == finished_attempts
 
@@ -156,7 +164,7 @@ def test_restore_runs_only_unfinished(tmp_path):
         {"fail_at": tune.grid_search([None, 3])},
         policy=ResumePolicy(resume_errored=True),
     )
-    trials = resumed.run()
+    trials = whole(store, resumed.run())
     assert len(trials[0].attempts) == finished_attempts  # finished trials never run again
     assert trials[1].attempts[-1].start_iteration == 2
 
@@ -165,7 +173,7 @@ def test_metric_never_reported_errors_the_trial(tmp_path):
     store, controller = make_controller(
         str(tmp_path / "exp"), trainables.reports_wrong_metric, {}, metric="loss"
     )
-    (trial,) = controller.run()
+    (trial,) = whole(store, controller.run())
     assert trial.status is TrialStatus.ERROR
     assert trial.error_type == "MetricNotReportedError"
     assert "'loss'" in (trial.error or "") and "TuneConfig" in (trial.error or "")
@@ -181,7 +189,7 @@ def test_report_outside_trial_raises():
 def test_uncommitted_checkpoint_is_ignored_and_removed(tmp_path):
     url = str(tmp_path / "exp")
     store, controller = make_controller(url, trainables.raises_at, {"fail_at": 3})
-    (trial,) = controller.run()
+    (trial,) = whole(store, controller.run())
     assert trial.status is TrialStatus.ERROR
     # A crash mid-upload: files of checkpoint_000002 without a manifest.
     partial = layout.checkpoint_dir(trial.dir_name, 2)
@@ -192,7 +200,7 @@ def test_uncommitted_checkpoint_is_ignored_and_removed(tmp_path):
         {"fail_at": 3},
         policy=ResumePolicy(resume_errored=True),
     )
-    (trial,) = resumed.run()
+    (trial,) = whole(store, resumed.run())
     # Resumed from the committed step 2, not the partial "step 99".
     assert trial.attempts[-1].start_iteration == 2
     assert not store.storage.exists(f"{partial}/state.json")
@@ -235,7 +243,7 @@ def test_time_budget_ends_an_endless_search(tmp_path):
         trainable_name="endless",
     )
     started = time.monotonic()
-    trials = controller.run()
+    trials = [row.unpack() for row in controller.run()]
     assert time.monotonic() - started < 10
     assert 2 <= len(trials) <= 4  # two slots; a budget of 1.5 s ends the first two mid-run
     assert all(t.status is TrialStatus.TERMINATED for t in trials)
@@ -251,6 +259,120 @@ def test_stop_function(tmp_path):
         {"x": 1.0, "steps": 50},
         stop=lambda trial_id, result: result["loss"] < 0.5,
     )
-    (trial,) = controller.run()
+    (trial,) = [row.unpack() for row in controller.run()]
     # loss = 4 / step falls below 0.5 at step 9.
     assert trial.last_result is not None and trial.last_result["training_iteration"] == 9
+
+
+def test_finished_trials_are_kept_as_the_summaries_of_their_stored_states(tmp_path):
+    store, controller = make_controller(
+        str(tmp_path / "exp"), trainables.raises_at, {"fail_at": tune.grid_search([None, 3])}
+    )
+    rows = controller.run()
+    assert all(isinstance(row, PackedSummary) for row in rows)
+    for row, stored in zip(rows, whole(store, rows), strict=True):
+        summary = row.unpack()
+        assert summary == TrialSummary.of(stored)
+        assert (row.index, row.status, row.trial_id, row.error) == (
+            stored.index,
+            stored.status,
+            stored.trial_id,
+            stored.error,
+        )
+        assert summary.checkpoint == stored.checkpoints[-1].dir_name
+    # The snapshot records the same summaries, and nothing of the attempts or checkpoints.
+    state = store.read_state()
+    assert state is not None and state.trials == [row.unpack() for row in rows]
+    raw = json.loads(store.storage.read_bytes(layout.EXPERIMENT_STATE_FILE))
+    assert all("attempts" not in t and "checkpoints" not in t for t in raw["trials"])
+
+
+def test_restoring_a_finished_experiment_reads_no_trial_file(tmp_path, monkeypatch):
+    url = str(tmp_path / "exp")
+    space = {"x": tune.grid_search([1.0, 2.0, 3.0]), "steps": 2}
+    store, controller = make_controller(url, trainables.quadratic, space)
+    before = controller.run()
+    reads: list[str] = []
+    original = Storage.read_bytes
+
+    def recording(self: Storage, rel: str) -> bytes:
+        reads.append(rel)
+        return original(self, rel)
+
+    monkeypatch.setattr(Storage, "read_bytes", recording)
+    _, again = make_controller(url, trainables.quadratic, space)
+    assert again.run() == before  # nothing ran again
+    assert layout.EXPERIMENT_STATE_FILE in reads
+    assert not [rel for rel in reads if rel.startswith(f"{layout.TRIALS_DIR}/")], reads
+
+
+def test_restore_of_a_schema_version_1_snapshot(tmp_path):
+    url = str(tmp_path / "exp")
+    space = {"fail_at": tune.grid_search([None, 3])}
+    store, controller = make_controller(url, trainables.raises_at, space)
+    rows = controller.run()
+    # The same experiment as prefect-tune wrote it at schema_version 1: whole TrialStates.
+    state = store.read_state()
+    assert state is not None
+    v1 = json.loads(state.model_dump_json(exclude={"trials"}))
+    v1.update(schema_version=1, trials=[t.model_dump(mode="json") for t in whole(store, rows)])
+    store.storage.write_json(layout.EXPERIMENT_STATE_FILE, v1)
+
+    _, resumed = make_controller(
+        url, trainables.raises_at, space, policy=ResumePolicy(resume_errored=True)
+    )
+    done, errored = whole(store, resumed.run())
+    assert len(done.attempts) == 1  # finished: not run again
+    assert errored.status is TrialStatus.ERROR and errored.attempts[-1].start_iteration == 2
+    raw = json.loads(store.storage.read_bytes(layout.EXPERIMENT_STATE_FILE))
+    assert raw["schema_version"] == 2 and [t["status"] for t in raw["trials"]] == [
+        "TERMINATED",
+        "ERROR",
+    ]
+
+
+class DyingWorkers(ThreadTrialExecutor):
+    """Each trial's worker "dies" once the trial has started: its trial.json shows the attempt
+    RUNNING, and the task raises without recording anything."""
+
+    def submit(self, request):
+        def die():
+            from prefect_tune.engine._trial_run import _begin
+
+            _begin(ExperimentStore(request.experiment.open()), request, None)
+            raise OSError("worker lost")
+
+        future = self._pool.submit(die)
+        future.add_done_callback(self._on_done)
+        return future
+
+
+def test_a_trial_whose_worker_died_reads_back_as_the_driver_saw_it(tmp_path):
+    url = str(tmp_path / "exp")
+    store, controller = make_controller(
+        url, trainables.quadratic, {"x": 3.0}, failure_config=FailureConfig(max_failures=0)
+    )
+    controller.executor = DyingWorkers(1)
+    (row,) = controller.run()
+    assert (row.status, row.num_failures, row.error) == (
+        TrialStatus.ERROR,
+        1,
+        "OSError: worker lost",
+    )
+    stored = store.read_trial(row.dir_name)
+    assert stored is not None and (stored.status, stored.num_failures) == (TrialStatus.RUNNING, 0)
+    # Read back, the trial is what the driver recorded in its snapshot.
+    (trial,) = store.load_trials()[1]
+    assert (trial.status, trial.num_failures, trial.error) == (
+        TrialStatus.ERROR,
+        1,
+        "OSError: worker lost",
+    )
+    assert len(trial.attempts) == 1
+    # Resumed, it keeps the failure counted.
+    _, resumed = make_controller(
+        url, trainables.quadratic, {"x": 3.0}, policy=ResumePolicy(resume_errored=True)
+    )
+    (row,) = resumed.run()
+    (trial,) = whole(store, [row])
+    assert (trial.status, trial.num_failures) == (TrialStatus.TERMINATED, 1)

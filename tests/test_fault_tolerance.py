@@ -156,7 +156,7 @@ def test_max_failures_resumes_a_failed_trial_from_its_checkpoint(prefect_api, ru
     )
     results = tuner.fit()
     (result,) = list(results)
-    assert result.error is None and results.num_terminated == 1
+    assert result.error is None and results.num_terminated == 1 and result.num_failures == 1
     assert steps_run(dirs, "m") == [1, 2, 3, 4, 5, 6]  # resumed after the checkpoint of step 2
     trial_file = Storage.open(StorageSpec(str(dirs["store"] / "retry")))
     (trial_dir,) = trial_file.list_dir(layout.TRIALS_DIR)

@@ -361,6 +361,20 @@ def test_best_result_skips_nan_and_inf(root):
     assert grid.get_best_result(mode="max", scope="all", filter_nan_and_inf=False).trial_id == "inf"
 
 
+def test_nan_and_inf_survive_the_snapshot(root):
+    grid = nan_and_inf_experiment(root)
+    store = grid._store
+    trials = [store.read_trial(r._trial.dir_name) for r in grid]
+    store.write_state(ExperimentState(name="exp", next_trial_index=3, trials=trials))
+    for trial in trials:  # the finished trials' summaries come from the snapshot alone
+        assert trial is not None
+        store.storage.delete(layout.trial_file(trial.dir_name))
+    restored = ResultGrid(store)
+    assert math.isnan(restored[0].metrics["loss"]) and restored[1].metrics["loss"] == math.inf
+    assert restored.get_best_result().trial_id == "fine"
+    assert restored.get_best_result(filter_nan_and_inf=False).trial_id == "inf"
+
+
 def test_best_result_last_scope_sees_inf_without_filter(root):
     grid = nan_and_inf_experiment(root)
     assert grid.get_best_result(filter_nan_and_inf=False).trial_id == "inf"
@@ -554,3 +568,85 @@ def test_pickled_grid_reopens_its_storage(exp, grid):
     assert restored[3].error.traceback == TRACEBACK
     error = pickle.loads(pickle.dumps(grid[3].error))
     assert isinstance(error, TrialError) and error.traceback == TRACEBACK
+
+
+def test_a_grid_reads_trial_details_only_when_asked(exp, monkeypatch):
+    reads: list[str] = []
+    original = Storage.read_bytes
+
+    def recording(self: Storage, rel: str) -> bytes:
+        reads.append(rel)
+        return original(self, rel)
+
+    monkeypatch.setattr(Storage, "read_bytes", recording)
+    monkeypatch.setattr(Storage, "_cache", {})
+    grid = ResultGrid.from_path(exp.url)
+    best = grid.get_best_result()
+    assert (best.trial_id, best.config, best.metrics["loss"]) == ("C", exp.trials["C"].config, 0.4)
+    a = grid[0]
+    assert a.checkpoint is not None and a.checkpoint.path == f"{a.path}/checkpoint_000001"
+    _ = grid.get_dataframe(), grid.num_errors, grid.num_terminated, repr(grid), grid.errors
+    # The snapshot names each trial's latest checkpoint: no trial.json was needed so far. The
+    # pending trial E has a trial directory of its own neither: nothing unfinished was read.
+    assert reads == [layout.EXPERIMENT_FILE, layout.EXPERIMENT_STATE_FILE]
+
+    reads.clear()
+    assert [m["training_iteration"] for _, m in a.best_checkpoints] == [2, 3]
+    assert [m["training_iteration"] for _, m in a.best_checkpoints] == [2, 3]
+    assert reads == [layout.trial_file("trial_00000_A")]
+
+
+def test_a_grid_over_a_schema_version_1_snapshot(root):
+    from tests.conformance.test_store import V1_SNAPSHOT
+
+    store = open_store(f"{root}/v1")
+    store.write_definition(definition())
+    store.storage.write_bytes(layout.EXPERIMENT_STATE_FILE, V1_SNAPSHOT.encode())
+    grid = ResultGrid.from_path(f"{root}/v1")
+    assert [(r.trial_id, r.status) for r in grid] == [
+        ("abcde_00000", TrialStatus.TERMINATED),
+        ("abcde_00001", TrialStatus.ERROR),
+    ]
+    assert grid[0].metrics["loss"] == 3.0 and grid[0].config == {"fail_at": None, "steps": 3}
+    assert grid[0].checkpoint is not None
+    assert grid[0].checkpoint.path == f"{grid[0].path}/checkpoint_000002"
+    assert str(grid[1].error) == "ValueError: boom at step 3"
+    assert grid.get_best_result(mode="max").trial_id == "abcde_00000"
+
+
+def test_a_grid_holds_each_trial_compactly(root):
+    """About the size of the trial's summary in the snapshot (here ~450 bytes), not the
+    several KiB of a parsed TrialState."""
+    import gc
+    import tracemalloc
+
+    store = open_store(f"{root}/many")
+    store.write_definition(definition())
+    trials = []
+    for index in range(1000):
+        trial = new_trial(f"t{index}", index)
+        trial.last_result = {
+            "loss": 1.0 / (index + 1),
+            "accuracy": 0.5,
+            "training_iteration": 5,
+            "trial_id": trial.trial_id,
+            "date": "2026-01-01_00-00-00",
+            "time_total_s": 2.6,
+            "hostname": "worker-1",
+            "done": True,
+        }
+        trials.append(trial)
+    store.write_state(ExperimentState(name="exp", next_trial_index=1000, trials=trials))
+    del trials
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        grid = ResultGrid(store)
+        assert grid.get_best_result().trial_id == "t999"
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    assert len(grid) == 1000
+    assert held / 1000 < 1024, f"{held / 1000:.0f} bytes a trial"

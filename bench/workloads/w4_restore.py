@@ -5,7 +5,7 @@ its definition, every trial's ``trial.json`` (TERMINATED, with a last result, on
 record and one attempt) and a result segment, then the driver's ``experiment_state.json``
 snapshot. Timed, each with a cold ``Storage._cache`` (the OS page cache is warm):
 
-- ``ExperimentStore(...).load_trials()``: what a restore reads before it can run anything;
+- ``ExperimentStore(...).load_summaries()``: what a restore reads before it can run anything;
 - ``ResultGrid.from_path(path).get_best_result()``: analysing the experiment elsewhere;
 - floor: ``json.loads`` of the same ``experiment_state.json`` bytes (no validation, no models).
 
@@ -157,7 +157,7 @@ def _load_trials(path: str) -> Any:
     from prefect_tune.storage import Storage, StorageSpec
 
     Storage._cache.clear()
-    return ExperimentStore(StorageSpec(path).open()).load_trials()
+    return ExperimentStore(StorageSpec(path).open()).load_summaries()
 
 
 def _result_grid(path: str) -> Any:
@@ -200,7 +200,7 @@ def run(ctx: Any, size: dict[str, Any], rec: Recorder) -> None:
             _, trials = _load_trials(path)
             rec.add(
                 NAME,
-                f"restore: load_trials (N={n})",
+                f"restore: load_summaries (N={n})",
                 time.perf_counter() - start,
                 unit="s",
                 better="lower",
@@ -223,7 +223,7 @@ def run(ctx: Any, size: dict[str, Any], rec: Recorder) -> None:
                 assert len(raw["trials"]) == n
                 rec.add(
                     NAME,
-                    f"restore: load_trials (N={n})",
+                    f"restore: load_summaries (N={n})",
                     elapsed,
                     unit="s",
                     better="lower",
@@ -234,14 +234,14 @@ def run(ctx: Any, size: dict[str, Any], rec: Recorder) -> None:
             kept = _load_trials(path)
         rec.add(
             NAME,
-            f"load_trials peak memory / trial (N={n})",
+            f"load_summaries peak memory / trial (N={n})",
             mem["peak"] / n / 1024,
             unit="KiB",
             better="lower",
         )
         rec.add(
             NAME,
-            f"load_trials retained memory / trial (N={n})",
+            f"load_summaries retained memory / trial (N={n})",
             mem["retained"] / n / 1024,
             unit="KiB",
             better="lower",
@@ -267,7 +267,7 @@ def run(ctx: Any, size: dict[str, Any], rec: Recorder) -> None:
         print(f"  W4 N={n}: done", flush=True)
     rec.note(
         NAME,
-        "restore = ExperimentStore.load_trials() (snapshot + trial dir listing), cold "
+        "restore = ExperimentStore.load_summaries() (snapshot + trial dir listing), cold "
         "Storage._cache, warm OS page cache; Tuner.restore() itself is not measured yet "
         "(being added).",
     )

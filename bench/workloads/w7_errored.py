@@ -91,9 +91,8 @@ def _matching(results: tune.ResultGrid, reference: dict[int, dict[str, Any]]) ->
 
 
 def counted_failures(result: tune.Result) -> int:
-    """prefect-tune's failure count of a trial (``TrialState.num_failures``; ``Result`` has no
-    public accessor for it, so this reads the state the Result was built from)."""
-    return int(result._trial.num_failures)
+    """prefect-tune's failure count of a trial."""
+    return int(result.num_failures)
 
 
 def _failing_xs(size: dict[str, Any]) -> list[int]:

@@ -27,6 +27,7 @@ from prefect_tune.state import (
     TrialState,
     TrialStatus,
 )
+from prefect_tune.state._models import PackedSummary
 
 logger = logging.getLogger("prefect_tune")
 
@@ -129,7 +130,11 @@ class TuneController:
         self.fence_interval_s = fence_interval_s
         self.on_takeover = on_takeover
         self.on_acquired = on_acquired
-        self.trials: dict[int, TrialState] = {}
+        # The trial table. A trial this driver is running, or has queued with a state newer
+        # than its stored one, is in `_live` whole; any other, finished ones above all, is in
+        # `_packed` as its summary only: its trial.json holds the rest.
+        self._live: dict[int, TrialState] = {}
+        self._packed: dict[int, PackedSummary] = {}
         self.state: ExperimentState | None = None
         self._queue: deque[tuple[int, bool]] = deque()  # (trial index, restart from scratch)
         self._running: dict[Any, int] = {}
@@ -155,31 +160,59 @@ class TuneController:
         )
 
     def _load(self) -> None:
-        state, trials = self.store.load_trials()
+        state, trials = self.store.load_summaries()
         self.state = state or ExperimentState(name=self.definition.name)
-        self.trials = {t.index: t for t in trials}
+        self._live = {}
+        self._packed = {t.index: t for t in trials}
         self.state.next_trial_index = max(
-            [self.state.next_trial_index, *(i + 1 for i in self.trials)]
+            [self.state.next_trial_index, *(i + 1 for i in self._packed)]
         )
-        for index in sorted(self.trials):
-            trial = self.trials[index]
+        for trial in list(self._packed.values()):
             if trial.status is TrialStatus.TERMINATED:
                 continue
             if trial.status is TrialStatus.ERROR:
                 if self.policy.restart_errored:
-                    self._enqueue(trial, restart=True)
+                    self._enqueue_stored(trial, restart=True)
                 elif self.policy.resume_errored:
-                    self._enqueue(trial)
+                    self._enqueue_stored(trial)
             elif self.policy.resume_unfinished:
-                self._enqueue(trial)
+                self._enqueue_stored(trial)
         if self.flow_run is not None:
             self.state.flow_runs.append(self.flow_run)
         self.state.finished = False
 
     def _enqueue(self, trial: TrialState, restart: bool = False) -> None:
         trial.status = TrialStatus.PENDING
+        self._live[trial.index] = trial
+        self._packed.pop(trial.index, None)
         self._queue.append((trial.index, restart))
         self._dirty = True
+
+    def _enqueue_stored(self, trial: PackedSummary, restart: bool = False) -> None:
+        """Queues a trial known by its summary; its whole state is read when it starts."""
+        self._packed[trial.index] = trial.with_status(TrialStatus.PENDING)
+        self._queue.append((trial.index, restart))
+        self._dirty = True
+
+    def _whole(self, index: int) -> TrialState:
+        """The whole state of a queued trial: the one this driver holds, else the stored one."""
+        live = self._live.get(index)
+        if live is not None:
+            return live
+        packed = self._packed[index]
+        return packed.whole(self.store.read_trial(packed.dir_name))
+
+    def _finish(self, trial: TrialState) -> None:
+        """Keeps only the summary of a trial that will not run again in this driver."""
+        self._live.pop(trial.index, None)
+        self._packed[trial.index] = PackedSummary.of(trial)
+
+    def _row(self, index: int) -> PackedSummary:
+        live = self._live.get(index)
+        return PackedSummary.of(live) if live is not None else self._packed[index]
+
+    def _rows(self) -> list[PackedSummary]:
+        return [self._row(i) for i in sorted(self._packed.keys() | self._live.keys())]
 
     def _has_more_trials(self) -> bool:
         # The stored definition decides: a restored generator may be a stand-in.
@@ -189,19 +222,25 @@ class TuneController:
 
     # -- the loop --------------------------------------------------------------------------------
 
-    def run(self) -> list[TrialState]:
+    def run(self) -> list[PackedSummary]:
         """Runs until every trial is finished (or the budget or fail-fast ends the experiment).
 
         Returns:
-            Every trial of the experiment, in index order.
+            Every trial of the experiment, in index order, as the summaries the snapshot
+            records (``ExperimentStore.read_trial`` reads a trial's whole state).
 
         Raises:
             TrialError: a trial errored and ``FailureConfig(fail_fast="raise")``.
         """
         previous = self.lease.acquire()
         try:
+            # Trials the old driver left running see the new lease at their next fence check;
+            # give them that long to stop before their trials start again (the cluster starts
+            # meanwhile).
+            resume_at = time.monotonic()
             if previous is not None:
                 self._taken_over(previous)
+                resume_at += self.fence_interval_s + 0.5
             if self.on_acquired is not None:
                 try:
                     self.on_acquired()
@@ -210,6 +249,7 @@ class TuneController:
             self.executor.start()
             try:
                 self.executor.check_storage(self.store.storage)
+                time.sleep(max(0.0, resume_at - time.monotonic()))
                 return self._run()
             finally:
                 self.executor.close()
@@ -227,11 +267,8 @@ class TuneController:
                 self.on_takeover(previous)
             except Exception as exc:  # bookkeeping only: never block the resume
                 logger.warning("Could not record the takeover of %s: %s", previous.describe(), exc)
-        # Trials the old driver left running see the new lease at their next fence check;
-        # give them that long to stop before their trials start again.
-        time.sleep(self.fence_interval_s + 0.5)
 
-    def _run(self) -> list[TrialState]:
+    def _run(self) -> list[PackedSummary]:
         self._load()
         self._save(force=True)
         start = time.monotonic()
@@ -262,20 +299,21 @@ class TuneController:
             self._save(force=True)
         if self._fail_fast_error is not None and self.failure_config.fail_fast == "raise":
             raise self._fail_fast_error
-        return [self.trials[i] for i in sorted(self.trials)]
+        return self._rows()
 
     def _launch_next(self, deadline: float | None) -> bool:
         assert self.state is not None
         restart = False
         if self._queue:
             index, restart = self._queue.popleft()
-            trial = self.trials[index]
+            trial = self._whole(index)
         elif self._has_more_trials():
             trial = self._new_trial(self.state.next_trial_index)
-            self.trials[trial.index] = trial
             self.state.next_trial_index += 1
         else:
             return False
+        self._packed.pop(trial.index, None)
+        self._live[trial.index] = trial
         request = TrialRequest(
             experiment=self.store.storage.spec,
             experiment_name=self.definition.name,
@@ -301,12 +339,12 @@ class TuneController:
         index = self._running.pop(handle)
         self._dirty = True
         if isinstance(result, TrialOutcome):
-            self.trials[index] = result.trial
             if result.decision is Decision.PAUSE and self._fail_fast_error is None:
                 self._enqueue(result.trial)
+            else:
+                self._finish(result.trial)
             return
         trial = self._failed_trial(index, result)
-        self.trials[index] = trial
         max_failures = self.failure_config.max_failures
         if max_failures == -1 or trial.num_failures <= max_failures:
             logger.warning(
@@ -320,6 +358,7 @@ class TuneController:
             self._enqueue(trial)
             return
         logger.error("Trial %s errored: %s", trial.trial_id, trial.error)
+        self._finish(trial)
         if self.failure_config.fail_fast and self._fail_fast_error is None:
             self._fail_fast_error = TrialError(f"Trial {trial.trial_id} errored: {trial.error}")
             # Running trials pause at their next fence check and stay resumable.
@@ -327,7 +366,7 @@ class TuneController:
 
     def _failed_trial(self, index: int, error: BaseException) -> TrialState:
         """The stored state of a trial whose task run raised, completed if its worker died."""
-        known = self.trials[index]
+        known = self._live[index]
         try:
             stored = self.store.read_trial(known.dir_name)
         except Exception:  # storage trouble: fall back to what the driver knows
@@ -352,8 +391,7 @@ class TuneController:
         # Rewriting a large snapshot too often would dominate; space saves by their own cost.
         if not force and now - self._last_save < max(self.save_interval, 10 * self._save_cost):
             return
-        self.state.trials = [self.trials[i] for i in sorted(self.trials)]
-        self.store.write_state(self.state)
+        self.store.write_state(self.state, self._rows())
         self._save_cost = time.monotonic() - now
         self._last_save = time.monotonic()
         self._dirty = False

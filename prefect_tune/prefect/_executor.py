@@ -59,6 +59,7 @@ class PrefectTaskExecutor(QueueingExecutor):
         self._runner: TaskRunner[Any] | None = None
         self._client: Any = None
         self._context: WorkerContext | None = None
+        self._context_on_workers: Any = None  # the context scattered to every worker
         self._task = trial_task.with_options(task_run_name=trial_run_name, tags=list(tags))
 
     def start(self) -> None:
@@ -71,6 +72,7 @@ class PrefectTaskExecutor(QueueingExecutor):
 
     def close(self) -> None:
         runner, self._runner, self._client = self._runner, None, None
+        self._context_on_workers = None
         if runner is not None:
             runner.__exit__(None, None, None)
 
@@ -85,12 +87,21 @@ class PrefectTaskExecutor(QueueingExecutor):
             return max(1, sum(self._client.nthreads().values()))
         return getattr(self._runner, "_max_workers", None) or os.cpu_count() or 1
 
+    def _worker_context(self) -> Any:
+        """The experiment's run context, sent to every worker once (it is a few KiB: sent with
+        each trial, Dask would also keep a copy of it in its log of recent messages)."""
+        scattered = self._context_on_workers
+        if scattered is None or scattered.status != "finished":  # a worker that held it died
+            scattered = self._client.scatter(self._context, broadcast=True, hash=False)
+            self._context_on_workers = scattered
+        return scattered
+
     def submit(self, request: TrialRequest) -> Any:
         runner = self._started()
         if self._client is not None:
             future = self._client.submit(
                 run_trial_task,
-                self._context,
+                self._worker_context(),
                 request,
                 key=f"trial-{request.trial.trial_id}-{uuid.uuid4().hex[:8]}",
                 pure=False,

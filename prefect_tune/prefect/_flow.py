@@ -19,7 +19,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect_tune.engine import TuneController
 from prefect_tune.exceptions import TrialsErroredError
 from prefect_tune.prefect._executor import PrefectTaskExecutor
-from prefect_tune.state import FlowRunRecord, Lease, TrialState, TrialStatus
+from prefect_tune.state import FlowRunRecord, Lease, PackedSummary, TrialStatus
 from prefect_tune.storage import Storage, layout
 
 logger = logging.getLogger("prefect_tune")
@@ -119,7 +119,7 @@ def run_experiment_flow(
     retries: int = 0,
     retry_delay_seconds: float = 0.0,
     trial_tags: tuple[str, ...] = (),
-) -> list[TrialState]:
+) -> list[PackedSummary]:
     """Runs the experiment as a flow run named ``name`` (a subflow inside a running flow).
 
     The flow run fails when trials end in ERROR (so Prefect retries, automations and the UI see
@@ -141,7 +141,7 @@ def run_experiment_flow(
         TrialsErroredError: trials ended in ERROR after the last retry.
     """
 
-    def experiment() -> list[TrialState]:
+    def experiment() -> list[PackedSummary]:
         context = FlowRunContext.get()
         flow_run = context.flow_run if context is not None else None
         record = FlowRunRecord(
@@ -169,7 +169,7 @@ def run_experiment_flow(
 
     experiment.__name__ = "tune_experiment"
     experiment.__qualname__ = "tune_experiment"
-    flow: Flow[[], list[TrialState]] = Flow(
+    flow: Flow[[], list[PackedSummary]] = Flow(
         fn=experiment,
         name=name,
         flow_run_name=name,

@@ -3,13 +3,16 @@
 from prefect_tune.state._lease import DEFAULT_LEASE_TTL_S, Lease, LeaseHolder, read_lease
 from prefect_tune.state._models import (
     SCHEMA_VERSION,
+    STATE_SCHEMA_VERSION,
     AttemptRecord,
     CheckpointRecord,
     ExperimentDefinition,
     ExperimentState,
     FlowRunRecord,
+    PackedSummary,
     TrialState,
     TrialStatus,
+    TrialSummary,
     load_document,
 )
 from prefect_tune.state._store import ExperimentStore
@@ -26,7 +29,10 @@ __all__ = [
     "ExperimentState",
     "ExperimentStore",
     "FlowRunRecord",
+    "PackedSummary",
+    "STATE_SCHEMA_VERSION",
     "TrialState",
     "TrialStatus",
+    "TrialSummary",
     "load_document",
 ]

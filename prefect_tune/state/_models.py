@@ -1,21 +1,30 @@
 """Typed, versioned models of everything prefect-tune persists.
 
-Every stored JSON document carries ``schema_version``. A reader accepts its own version and older
-ones (migrated in :func:`load_document`), and refuses newer ones with
+Every stored JSON document carries ``schema_version``, counted per kind of document (the default
+of its model's ``schema_version`` field). A reader accepts its own version and older ones
+(migrated in :func:`load_document`), and refuses newer ones with
 :class:`~prefect_tune.exceptions.UnsupportedSchemaVersionError`.
+
+Versions: every document is at version 1 except the driver's snapshot (`ExperimentState`),
+at version 2 since it records each trial as a compact `TrialSummary` instead of its whole
+`TrialState` (version 1, still read).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from enum import Enum
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from prefect_tune.exceptions import StateError, UnsupportedSchemaVersionError
 
+#: The version of the documents whose format never changed (definition, trial state, lease).
 SCHEMA_VERSION = 1
+#: The version of the driver's snapshot, ``experiment_state.json``.
+STATE_SCHEMA_VERSION = 2
 
 
 class TrialStatus(str, Enum):
@@ -88,6 +97,173 @@ class TrialState(_Model):
         return self.checkpoints[-1] if self.checkpoints else None
 
 
+class TrialSummary(_Model):
+    """What the driver's snapshot records of a trial: enough to schedule it, to list it and to
+    compare it with the others. The trial's ``trial.json`` (a `TrialState`) has the rest: its
+    attempts and the records of its kept checkpoints."""
+
+    trial_id: str
+    index: int
+    dir_name: str
+    config: dict[str, Any]
+    status: TrialStatus = TrialStatus.PENDING
+    last_result: dict[str, Any] | None = None
+    checkpoint: str | None = Field(
+        None, description="Directory name of the trial's latest committed checkpoint."
+    )
+    num_failures: int = 0
+    error: str | None = None
+    error_type: str | None = None
+
+    @classmethod
+    def of(cls, trial: TrialState) -> TrialSummary:
+        latest = trial.latest_checkpoint
+        return cls(
+            trial_id=trial.trial_id,
+            index=trial.index,
+            dir_name=trial.dir_name,
+            config=trial.config,
+            status=trial.status,
+            last_result=trial.last_result,
+            checkpoint=latest.dir_name if latest is not None else None,
+            num_failures=trial.num_failures,
+            error=trial.error,
+            error_type=trial.error_type,
+        )
+
+    def as_new_trial(self) -> TrialState:
+        """The state of a trial that has no ``trial.json`` yet: it never started."""
+        return TrialState(
+            trial_id=self.trial_id,
+            index=self.index,
+            dir_name=self.dir_name,
+            config=self.config,
+            status=self.status,
+            num_failures=self.num_failures,
+            error=self.error,
+            error_type=self.error_type,
+        )
+
+
+class _SummaryKey(_Model):
+    """The fields of a `TrialSummary` that a `PackedSummary` keeps unpacked, and its directory
+    (validating only these skips building the config and the last result)."""
+
+    index: int
+    status: TrialStatus
+    num_failures: int = 0
+    dir_name: str
+
+
+class PackedSummary:
+    """A `TrialSummary` kept as its JSON: what the driver holds of each trial it is not running,
+    and what a ``ResultGrid`` holds of each trial, about the size of the JSON.
+
+    ``index``, ``status`` and ``num_failures`` are at hand, for scheduling and counting;
+    everything else is parsed from the JSON when asked for (:meth:`unpack`), each time: keep
+    the unpacked summary rather than reading several properties in a loop. Immutable and safe
+    to share between threads.
+
+    Attributes:
+        index: The trial's index in the experiment.
+        status: The trial's status.
+        num_failures: The trial's failures so far.
+        data: The summary's JSON, as it appears in the snapshot.
+    """
+
+    __slots__ = ("index", "status", "num_failures", "data")
+
+    index: int
+    status: TrialStatus
+    num_failures: int
+    data: bytes
+
+    def __init__(self, index: int, status: TrialStatus, num_failures: int, data: bytes):
+        object.__setattr__(self, "index", index)
+        object.__setattr__(self, "status", status)
+        object.__setattr__(self, "num_failures", num_failures)
+        object.__setattr__(self, "data", data)
+
+    @classmethod
+    def of(cls, trial: TrialState | TrialSummary) -> PackedSummary:
+        summary = trial if isinstance(trial, TrialSummary) else TrialSummary.of(trial)
+        data = summary.model_dump_json().encode()
+        return cls(summary.index, summary.status, summary.num_failures, data)
+
+    @classmethod
+    def from_json(cls, data: bytes, where: str) -> tuple[PackedSummary, str]:
+        """Packs the JSON of a summary as stored; returns it with the trial's directory name.
+
+        Raises:
+            StateError: ``data`` is not a summary (only the index, status and directory name are
+                checked here; the rest when it is unpacked).
+        """
+        try:
+            key = _SummaryKey.model_validate_json(data)
+        except ValidationError as exc:
+            raise StateError(f"A trial summary in {where} is damaged: {exc}") from exc
+        return cls(key.index, key.status, key.num_failures, data), key.dir_name
+
+    def unpack(self) -> TrialSummary:
+        """The summary, parsed and validated.
+
+        Raises:
+            StateError: the stored JSON is not a valid summary.
+        """
+        try:
+            return TrialSummary.model_validate_json(self.data)
+        except ValidationError as exc:
+            raise StateError(f"The summary of trial {self.index} is damaged: {exc}") from exc
+
+    def with_status(self, status: TrialStatus) -> PackedSummary:
+        return PackedSummary.of(self.unpack().model_copy(update={"status": status}))
+
+    def whole(self, stored: TrialState | None) -> TrialState:
+        """The trial's whole state, given its ``trial.json`` (None if it has none).
+
+        That is ``stored`` as the driver last saw it: when the trial's worker died, the driver
+        recorded the failure (counted, and the trial's end if it may not be retried) in the
+        snapshot only. A trial that never started is the state this summary describes.
+        """
+        if stored is None:
+            return self.unpack().as_new_trial()
+        ended_unseen = self.status.is_finished() and not stored.status.is_finished()
+        if ended_unseen or self.num_failures > stored.num_failures:
+            summary = self.unpack()
+            stored.num_failures = max(stored.num_failures, summary.num_failures)
+            if ended_unseen:
+                stored.status = summary.status
+                stored.error, stored.error_type = summary.error, summary.error_type
+        return stored
+
+    @property
+    def trial_id(self) -> str:
+        return self.unpack().trial_id
+
+    @property
+    def dir_name(self) -> str:
+        return self.unpack().dir_name
+
+    @property
+    def error(self) -> str | None:
+        return self.unpack().error
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"PackedSummary is immutable; cannot set {name!r}.")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PackedSummary) and other.data == self.data
+
+    def __hash__(self) -> int:
+        return hash(self.data)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (PackedSummary, (self.index, self.status, self.num_failures, self.data))
+
+    def __repr__(self) -> str:
+        return f"PackedSummary(index={self.index}, status={self.status.value})"
+
+
 class ExperimentDefinition(_Model):
     """What an experiment is: written once when it is created."""
 
@@ -121,22 +297,57 @@ class ExperimentState(_Model):
     """The driver's snapshot of the experiment, rewritten atomically as trials progress.
 
     Each trial's own ``trial.json`` is the source of truth for that trial; this snapshot lets a
-    restore read one file instead of one per trial when most trials are finished.
+    restore or an analysis read one file instead of one per trial when most trials are finished.
+    It records each trial's `TrialSummary`; a `TrialState` given in ``trials`` is summarised.
     """
 
-    schema_version: int = SCHEMA_VERSION
+    schema_version: int = STATE_SCHEMA_VERSION
     name: str
     next_trial_index: int = 0
-    trials: list[TrialState] = Field(default_factory=list)
+    trials: list[TrialSummary] = Field(default_factory=list)
     flow_runs: list[FlowRunRecord] = Field(default_factory=list)
     finished: bool = False
     updated_at: float = Field(default_factory=time.time)
 
+    @field_validator("trials", mode="before")
+    @classmethod
+    def _summarise(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [TrialSummary.of(t) if isinstance(t, TrialState) else t for t in value]
+        return value
+
 
 M = TypeVar("M", bound=_Model)
 
-# schema_version -> function upgrading a raw document of that version to the next one.
-_MIGRATIONS: dict[type[_Model], dict[int, Any]] = {}
+
+def _state_1_to_2(raw: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 of the snapshot held each trial's whole `TrialState`: keep its summary."""
+
+    def summary(trial: Any) -> Any:
+        if not isinstance(trial, dict):
+            return trial  # validation names the damage
+        checkpoints = trial.get("checkpoints") or []
+        latest = checkpoints[-1] if isinstance(checkpoints, list) and checkpoints else None
+        out = {k: v for k, v in trial.items() if k in TrialSummary.model_fields}
+        out["checkpoint"] = latest.get("dir_name") if isinstance(latest, dict) else None
+        return out
+
+    trials = raw.get("trials")
+    return {
+        **raw,
+        "schema_version": 2,
+        "trials": [summary(t) for t in trials] if isinstance(trials, list) else trials,
+    }
+
+
+# model -> {schema_version: function upgrading a raw document of that version to the next one}.
+_MIGRATIONS: dict[type[_Model], dict[int, Any]] = {ExperimentState: {1: _state_1_to_2}}
+
+
+def current_version(model: type[_Model]) -> int:
+    """The schema_version ``model`` writes."""
+    field = model.model_fields.get("schema_version")
+    return int(field.default) if field is not None else SCHEMA_VERSION
 
 
 def load_document(model: type[M], raw: Any, where: str) -> M:
@@ -151,14 +362,35 @@ def load_document(model: type[M], raw: Any, where: str) -> M:
     version = raw.get("schema_version", 1)
     if not isinstance(version, int) or version < 1:
         raise StateError(f"{where} has an invalid schema_version {version!r}.")
-    if version > SCHEMA_VERSION:
+    current = current_version(model)
+    if version > current:
         raise UnsupportedSchemaVersionError(
             f"{where} was written with schema_version {version}, but this prefect-tune reads "
-            f"versions up to {SCHEMA_VERSION}. Upgrade prefect-tune to read it."
+            f"versions up to {current}. Upgrade prefect-tune to read it."
         )
-    for step in range(version, SCHEMA_VERSION):
+    for step in range(version, current):
         raw = _MIGRATIONS[model][step](raw)
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
         raise StateError(f"{where} is not a valid {model.__name__}: {exc}") from exc
+
+
+def load_document_json(model: type[M], data: bytes, where: str) -> M:
+    """`load_document` of a document's JSON bytes; one parse when it is at the current version.
+
+    Raises:
+        UnsupportedSchemaVersionError: the document is from a newer prefect-tune.
+        StateError: the document is not JSON or not a valid ``model``.
+    """
+    try:
+        document = model.model_validate_json(data)
+    except ValidationError:
+        document = None  # the slow path below names the problem
+    if document is not None and getattr(document, "schema_version", None) == current_version(model):
+        return document
+    try:
+        raw = json.loads(data)
+    except ValueError as exc:
+        raise StateError(f"{where} is not valid JSON; the file is damaged: {exc}") from exc
+    return load_document(model, raw, where)

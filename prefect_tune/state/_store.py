@@ -3,6 +3,18 @@
 Who writes what: the driver writes ``experiment.json`` and ``experiment_state.json``; a trial's
 worker writes everything below that trial's directory. Each file is written whole and atomically,
 so a crash at any instant leaves every file either as it was or as it was meant to be.
+
+The snapshot ``experiment_state.json`` is one JSON object whose ``trials`` come last, one
+`TrialSummary` a line::
+
+    {"schema_version":2,"name":"exp",...,"trials":[
+    {"trial_id":"abcde_00000","index":0,...},
+    {"trial_id":"abcde_00001","index":1,...}
+    ]}
+
+so that a reader can take each trial's JSON as it is (a `PackedSummary`) without building every
+trial's objects at once. Any other layout of the same JSON (a version 1 snapshot, a file
+rewritten by hand) is read too, parsed whole.
 """
 
 from __future__ import annotations
@@ -11,6 +23,7 @@ import json
 import os
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from prefect_tune.exceptions import ExperimentNotFoundError, IncompleteCheckpointError, StateError
@@ -18,10 +31,19 @@ from prefect_tune.state._models import (
     CheckpointRecord,
     ExperimentDefinition,
     ExperimentState,
+    PackedSummary,
     TrialState,
     load_document,
+    load_document_json,
 )
 from prefect_tune.storage import Storage, layout
+
+# Reading trial files one after the other costs a round trip each on object stores; on a local
+# disk, threads only contend for the GIL. Reads slower than this on average wait on a network.
+_SLOW_READ_S = 0.002
+_READ_THREADS = 16
+_TRIALS_OPEN = b'"trials":['
+_TRIALS_CLOSE = b"\n]}"
 
 
 class ExperimentStore:
@@ -58,48 +80,161 @@ class ExperimentStore:
         self.storage.write_bytes(layout.EXPERIMENT_FILE, definition.model_dump_json().encode())
 
     def read_state(self) -> ExperimentState | None:
-        """The driver's last snapshot, or None before the first one."""
+        """The driver's last snapshot, whole, or None before the first one.
+
+        Raises:
+            UnsupportedSchemaVersionError: the snapshot is from a newer prefect-tune.
+            StateError: the snapshot is damaged.
+        """
         try:
-            raw = self.storage.read_bytes(layout.EXPERIMENT_STATE_FILE)
+            data = self.storage.read_bytes(layout.EXPERIMENT_STATE_FILE)
         except FileNotFoundError:
             return None
-        return load_document(
-            ExperimentState, json.loads(raw), self.storage.uri(layout.EXPERIMENT_STATE_FILE)
-        )
+        return load_document_json(ExperimentState, data, self._state_uri)
 
-    def write_state(self, state: ExperimentState) -> None:
+    def write_state(
+        self, state: ExperimentState, trials: Iterable[PackedSummary] | None = None
+    ) -> None:
+        """Writes the driver's snapshot (atomically), stamped with the time.
+
+        Args:
+            state: The snapshot.
+            trials: The trials to record instead of ``state.trials`` (which must then be
+                empty), already packed, in index order: the driver keeps its trials packed.
+        """
+        if trials is None:
+            rows = [PackedSummary.of(t).data for t in state.trials]
+        elif state.trials:
+            raise ValueError("write_state: give the trials in state.trials or in trials, not both")
+        else:
+            rows = [t.data for t in trials]
         state.updated_at = time.time()
-        self.storage.write_bytes(layout.EXPERIMENT_STATE_FILE, state.model_dump_json().encode())
+        header = state.model_dump_json(exclude={"trials"}).encode()
+        # The header is a JSON object; the trials are its last member, one a line.
+        parts = [header[:-1], b",", _TRIALS_OPEN, b"\n"]
+        for row in rows:
+            parts += [row, b",\n"]
+        if rows:
+            parts[-1] = b"\n"
+        parts.append(_TRIALS_CLOSE[1:])
+        self.storage.write_bytes(layout.EXPERIMENT_STATE_FILE, b"".join(parts))
 
-    def load_trials(self) -> tuple[ExperimentState | None, list[TrialState]]:
-        """Every trial of the experiment, newest knowledge first.
+    @property
+    def _state_uri(self) -> str:
+        return self.storage.uri(layout.EXPERIMENT_STATE_FILE)
+
+    def _read_snapshot(self) -> tuple[ExperimentState, list[tuple[str, PackedSummary]]] | None:
+        """The snapshot with an empty ``trials``, and its trials as (directory name, packed)."""
+        try:
+            data = self.storage.read_bytes(layout.EXPERIMENT_STATE_FILE)
+        except FileNotFoundError:
+            return None
+        where = self._state_uri
+        first = data.find(b"\n")
+        if first > 0 and data[:first].endswith(_TRIALS_OPEN) and data.endswith(_TRIALS_CLOSE):
+            try:
+                raw = json.loads(data[:first] + b"]}")
+            except ValueError as exc:
+                raise StateError(f"{where} is not valid JSON; the file is damaged: {exc}") from exc
+            state = load_document(ExperimentState, raw, where)
+            if len(data) == first + len(_TRIALS_CLOSE):
+                return state, []
+            # Split the file itself (the rows are its only copy) and trim the ends off.
+            rows = data.split(b",\n")
+            del data
+            rows[0] = rows[0][first + 1 :]
+            rows[-1] = rows[-1][: -len(_TRIALS_CLOSE)]
+            pairs = []
+            for row in rows:
+                packed, dir_name = PackedSummary.from_json(row, where)
+                pairs.append((dir_name, packed))
+            return state, pairs
+        state = load_document_json(ExperimentState, data, where)
+        pairs = [(t.dir_name, PackedSummary.of(t)) for t in state.trials]
+        state.trials = []
+        return state, pairs
+
+    def _load_rows(self) -> tuple[ExperimentState | None, dict[str, PackedSummary]]:
+        snapshot = self._read_snapshot()
+        state, pairs = snapshot if snapshot is not None else (None, [])
+        rows = dict(pairs)
+        del pairs
+        unsure = [
+            name
+            for name in self.storage.list_dir(layout.TRIALS_DIR)
+            if (known := rows.get(name)) is None or not known.status.is_finished()
+        ]
+        for name, stored in self.read_trials(unsure).items():
+            if stored is not None:
+                rows[name] = PackedSummary.of(stored)
+        return state, dict(sorted(rows.items(), key=lambda item: item[1].index))
+
+    def load_summaries(self) -> tuple[ExperimentState | None, list[PackedSummary]]:
+        """Every trial of the experiment, packed, in index order, with the snapshot (whose
+        ``trials`` is empty: they are in the list). This is what a restore and an analysis read.
 
         Reads the snapshot, then only the ``trial.json`` of trials the snapshot does not show as
-        finished (and of trials it does not know), so restoring a mostly finished experiment
-        reads a handful of small files.
+        finished (and of trials it does not know), so that a mostly finished experiment costs
+        one file and a listing of the trial directories.
+
+        Raises:
+            UnsupportedSchemaVersionError: a state file is from a newer prefect-tune.
+            StateError: a state file is damaged.
         """
-        state = self.read_state()
-        known: dict[str, TrialState] = {t.dir_name: t for t in (state.trials if state else [])}
-        for dir_name in self.storage.list_dir(layout.TRIALS_DIR):
-            snapshot = known.get(dir_name)
-            if snapshot is not None and snapshot.status.is_finished():
-                continue
-            stored = self.read_trial(dir_name)
-            if stored is not None:
-                known[dir_name] = stored
-        trials = sorted(known.values(), key=lambda t: t.index)
+        state, rows = self._load_rows()
+        return state, list(rows.values())
+
+    def load_trials(self) -> tuple[ExperimentState | None, list[TrialState]]:
+        """Every trial of the experiment, whole, in index order, with the snapshot (whose
+        ``trials`` is empty).
+
+        As the snapshot holds only summaries, this reads every trial's ``trial.json`` (several
+        at once); `load_summaries` reads what a restore or an analysis needs, and less.
+
+        Raises:
+            UnsupportedSchemaVersionError: a state file is from a newer prefect-tune.
+            StateError: a state file is damaged.
+        """
+        state, rows = self._load_rows()
+        stored = self.read_trials(rows)
+        trials = [row.whole(stored[name]) for name, row in rows.items()]
         return state, trials
 
     # -- trial level ---------------------------------------------------------------------------
 
     def read_trial(self, dir_name: str) -> TrialState | None:
-        """A trial's own state, or None if it never started."""
+        """A trial's own state, or None if it never started.
+
+        Raises:
+            UnsupportedSchemaVersionError: the file is from a newer prefect-tune.
+            StateError: the file is damaged.
+        """
         rel = layout.trial_file(dir_name)
         try:
-            raw = self.storage.read_json(rel)
+            data = self.storage.read_bytes(rel)
         except FileNotFoundError:
             return None
-        return load_document(TrialState, raw, self.storage.uri(rel))
+        return load_document_json(TrialState, data, self.storage.uri(rel))
+
+    def read_trials(self, dir_names: Iterable[str]) -> dict[str, TrialState | None]:
+        """`read_trial` of several trials; several at once when the storage is slow to answer.
+
+        Raises:
+            UnsupportedSchemaVersionError: a file is from a newer prefect-tune.
+            StateError: a file is damaged.
+        """
+        names = list(dict.fromkeys(dir_names))
+        out: dict[str, TrialState | None] = {}
+        started = time.perf_counter()
+        for name in names:
+            out[name] = self.read_trial(name)
+            if len(out) >= 4 and (time.perf_counter() - started) / len(out) > _SLOW_READ_S:
+                break
+        rest = names[len(out) :]
+        if rest:
+            with ThreadPoolExecutor(min(_READ_THREADS, len(rest))) as pool:
+                out.update(zip(rest, pool.map(self.read_trial, rest), strict=True))
+        return out
 
     def write_trial(self, trial: TrialState) -> None:
         trial.updated_at = time.time()

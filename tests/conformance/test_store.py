@@ -17,6 +17,7 @@ from prefect_tune.engine._trial_run import TrialRequest, run_trial
 from prefect_tune.exceptions import (
     ExperimentNotFoundError,
     IncompleteCheckpointError,
+    StateError,
     UnsupportedSchemaVersionError,
 )
 from prefect_tune.state import (
@@ -28,8 +29,61 @@ from prefect_tune.state import (
     TrialState,
     TrialStatus,
 )
+from prefect_tune.state._models import PackedSummary, TrialSummary
 from prefect_tune.storage import Storage, layout
 from tests import trainables
+
+# experiment_state.json as prefect-tune wrote it at schema_version 1 (each trial's whole
+# TrialState): trial 0 TERMINATED with checkpoints 1 and 2 kept, trial 1 ERROR at step 3.
+V1_SNAPSHOT = (
+    '{"schema_version":1,"name":"exp","next_trial_index":2,"trials":[{"schema_version":1,'
+    '"trial_id":"abcde_00000","index":0,"dir_name":"raises_at_abcde_00000","config":{"fai'
+    'l_at":null,"steps":3},"status":"TERMINATED","last_result":{"loss":3.0,"training_iter'
+    'ation":3,"trial_id":"abcde_00000","timestamp":1795654062,"date":"2026-11-26_00-47-42'
+    '","time_this_iter_s":0.018722316999628674,"time_total_s":0.024028956999245565,"time_'
+    'since_restore":0.024028956999245565,"iterations_since_restore":3,"checkpoint_dir_nam'
+    'e":"checkpoint_000002","done":true,"hostname":"vm","pid":26404},"checkpoints":[{"ind'
+    'ex":1,"dir_name":"checkpoint_000001","training_iteration":2,"metrics":{"loss":2.0,"t'
+    'raining_iteration":2,"trial_id":"abcde_00000","timestamp":1795654062,"date":"2026-11'
+    '-26_00-47-42","time_this_iter_s":0.0046184200000425335,"time_total_s":0.005306639999'
+    '616891,"time_since_restore":0.005306639999616891,"iterations_since_restore":2,"check'
+    'point_dir_name":"checkpoint_000001","done":false,"hostname":"vm","pid":26404},"creat'
+    'ed_at":1795654062.139048,"size_bytes":11},{"index":2,"dir_name":"checkpoint_000002",'
+    '"training_iteration":3,"metrics":{"loss":3.0,"training_iteration":3,"trial_id":"abcd'
+    'e_00000","timestamp":1795654062,"date":"2026-11-26_00-47-42","time_this_iter_s":0.01'
+    '8722316999628674,"time_total_s":0.024028956999245565,"time_since_restore":0.02402895'
+    '6999245565,"iterations_since_restore":3,"checkpoint_dir_name":"checkpoint_000002","d'
+    'one":false,"hostname":"vm","pid":26404},"created_at":1795654062.1566277,"size_bytes"'
+    ':11}],"next_checkpoint_index":3,"num_failures":0,"error":null,"error_type":null,"att'
+    'empts":[{"attempt":1,"started_at":1795654062.1276755,"ended_at":1795654062.1645198,"'
+    'start_iteration":0,"resumed_from":null,"status":"TERMINATED","error":null,"flow_run_'
+    'id":"00000000-0000-0000-0000-000000000001","task_run_id":null,"host":"vm"}],"updated'
+    '_at":1795654062.1645396},{"schema_version":1,"trial_id":"abcde_00001","index":1,"dir'
+    '_name":"raises_at_abcde_00001","config":{"fail_at":3,"steps":3},"status":"ERROR","la'
+    'st_result":{"loss":2.0,"training_iteration":2,"trial_id":"abcde_00001","timestamp":1'
+    '795654062,"date":"2026-11-26_00-47-42","time_this_iter_s":0.013725167002121452,"time'
+    '_total_s":0.01407429100072477,"time_since_restore":0.01407429100072477,"iterations_s'
+    'ince_restore":2,"checkpoint_dir_name":"checkpoint_000001","done":false,"hostname":"v'
+    'm","pid":26404},"checkpoints":[{"index":0,"dir_name":"checkpoint_000000","training_i'
+    'teration":1,"metrics":{"loss":1.0,"training_iteration":1,"trial_id":"abcde_00001","t'
+    'imestamp":1795654062,"date":"2026-11-26_00-47-42","time_this_iter_s":0.0003491239986'
+    '033179,"time_total_s":0.0003491239986033179,"time_since_restore":0.00034912399860331'
+    '79,"iterations_since_restore":1,"checkpoint_dir_name":"checkpoint_000000","done":fal'
+    'se,"hostname":"vm","pid":26404},"created_at":1795654062.1404002,"size_bytes":11},{"i'
+    'ndex":1,"dir_name":"checkpoint_000001","training_iteration":2,"metrics":{"loss":2.0,'
+    '"training_iteration":2,"trial_id":"abcde_00001","timestamp":1795654062,"date":"2026-'
+    '11-26_00-47-42","time_this_iter_s":0.013725167002121452,"time_total_s":0.01407429100'
+    '072477,"time_since_restore":0.01407429100072477,"iterations_since_restore":2,"checkp'
+    'oint_dir_name":"checkpoint_000001","done":false,"hostname":"vm","pid":26404},"create'
+    'd_at":1795654062.1540954,"size_bytes":11}],"next_checkpoint_index":2,"num_failures":'
+    '1,"error":"ValueError: boom at step 3","error_type":"ValueError","attempts":[{"attem'
+    'pt":1,"started_at":1795654062.1299453,"ended_at":1795654062.156506,"start_iteration"'
+    ':0,"resumed_from":null,"status":"ERROR","error":"ValueError: boom at step 3","flow_r'
+    'un_id":"00000000-0000-0000-0000-000000000001","task_run_id":null,"host":"vm"}],"upda'
+    'ted_at":1795654062.1572082}],"flow_runs":[{"flow_run_id":"00000000-0000-0000-0000-00'
+    '0000000001","flow_run_name":"exp","run_count":1,"started_at":1795654062.0710466}],"f'
+    'inished":true,"updated_at":1795654062.1658487}'
+)
 
 
 @pytest.fixture
@@ -101,6 +155,144 @@ def test_load_trials_prefers_trial_files_for_unfinished(store):
         (1, TrialStatus.TERMINATED),
         (2, TrialStatus.RUNNING),
     ]
+
+
+def a_finished_trial(index: int = 0) -> TrialState:
+    """A TERMINATED trial with two attempts and two kept checkpoints."""
+    rows = [{"loss": 1.0 / step, "training_iteration": step} for step in (1, 2, 3)]
+    return a_trial(index).model_copy(
+        update={
+            "status": TrialStatus.TERMINATED,
+            "last_result": dict(rows[-1], done=True),
+            "checkpoints": [
+                CheckpointRecord(
+                    index=i, dir_name=f"checkpoint_00000{i}", training_iteration=i + 1, metrics=row
+                )
+                for i, row in enumerate(rows[1:], start=1)
+            ],
+            "next_checkpoint_index": 3,
+            "attempts": [AttemptRecord(attempt=1), AttemptRecord(attempt=2, start_iteration=2)],
+        }
+    )
+
+
+def test_snapshot_records_each_trial_as_a_summary_on_its_own_line(store):
+    finished = a_finished_trial(0)
+    failed = a_trial(1).model_copy(
+        update={"status": TrialStatus.ERROR, "error": "ValueError: boom", "num_failures": 2}
+    )
+    store.write_state(ExperimentState(name="exp", next_trial_index=2, trials=[finished, failed]))
+
+    data = store.storage.read_bytes(layout.EXPERIMENT_STATE_FILE)
+    lines = data.split(b"\n")
+    assert len(lines) == 4 and lines[-1] == b"]}"
+    raw = json.loads(data)
+    assert raw["schema_version"] == 2 and raw["next_trial_index"] == 2
+    assert [json.loads(line.rstrip(b",")) for line in lines[1:3]] == raw["trials"]
+    # Attempts and checkpoint records stay in trial.json; the latest checkpoint is named.
+    assert raw["trials"][0] == {
+        "trial_id": "abcde_00000",
+        "index": 0,
+        "dir_name": "t_0",
+        "config": {"x": 5.0},
+        "status": "TERMINATED",
+        "last_result": {"loss": 1 / 3, "training_iteration": 3, "done": True},
+        "checkpoint": "checkpoint_000002",
+        "num_failures": 0,
+        "error": None,
+        "error_type": None,
+    }
+
+    state = store.read_state()
+    assert state is not None
+    assert state.trials == [TrialSummary.of(finished), TrialSummary.of(failed)]
+    header, rows = store.load_summaries()
+    assert header is not None and header.next_trial_index == 2 and header.trials == []
+    assert [row.unpack() for row in rows] == state.trials
+    assert [(row.index, row.status) for row in rows] == [
+        (0, TrialStatus.TERMINATED),
+        (1, TrialStatus.ERROR),
+    ]
+
+
+def test_snapshot_of_schema_version_1_is_read(store):
+    store.storage.write_bytes(layout.EXPERIMENT_STATE_FILE, V1_SNAPSHOT.encode())
+    state = store.read_state()
+    assert state is not None and state.schema_version == 2
+    assert state.next_trial_index == 2
+    assert [r.flow_run_id for r in state.flow_runs] == ["00000000-0000-0000-0000-000000000001"]
+    done, failed = state.trials
+    assert (done.trial_id, done.status, done.checkpoint) == (
+        "abcde_00000",
+        TrialStatus.TERMINATED,
+        "checkpoint_000002",
+    )
+    assert done.config == {"fail_at": None, "steps": 3}
+    assert done.last_result is not None and done.last_result["loss"] == 3.0
+    assert (failed.status, failed.error, failed.num_failures) == (
+        TrialStatus.ERROR,
+        "ValueError: boom at step 3",
+        1,
+    )
+    _, rows = store.load_summaries()
+    assert [row.unpack() for row in rows] == state.trials
+    # Written back, it is at the current version.
+    store.write_state(state)
+    assert json.loads(store.storage.read_bytes(layout.EXPERIMENT_STATE_FILE))["schema_version"] == 2
+
+
+def test_newer_snapshot_and_damaged_summaries_are_refused_by_name(store):
+    store.write_state(ExperimentState(name="exp", next_trial_index=1, trials=[a_trial(0)]))
+    data = store.storage.read_bytes(layout.EXPERIMENT_STATE_FILE)
+    store.storage.write_bytes(
+        layout.EXPERIMENT_STATE_FILE, data.replace(b'"schema_version":2', b'"schema_version":3')
+    )
+    with pytest.raises(UnsupportedSchemaVersionError, match="schema_version 3"):
+        store.load_summaries()
+    with pytest.raises(UnsupportedSchemaVersionError, match="schema_version 3"):
+        store.read_state()
+    store.storage.write_bytes(
+        layout.EXPERIMENT_STATE_FILE, data.replace(b'"index":0', b'"index":"zero"')
+    )
+    with pytest.raises(StateError, match="damaged"):
+        store.load_summaries()
+
+
+def test_load_summaries_prefers_trial_files_for_unfinished(store):
+    finished = a_finished_trial(0)
+    running = a_trial(1).model_copy(update={"status": TrialStatus.RUNNING})
+    store.write_state(ExperimentState(name="exp", next_trial_index=2, trials=[finished, running]))
+    # The worker of trial 1 got further than the snapshot; trial 2 is unknown to the snapshot.
+    store.write_trial(running.model_copy(update={"status": TrialStatus.TERMINATED}))
+    store.write_trial(a_trial(2).model_copy(update={"status": TrialStatus.RUNNING}))
+    _, rows = store.load_summaries()
+    assert all(isinstance(row, PackedSummary) for row in rows)
+    assert [(t.index, t.status) for t in rows] == [
+        (0, TrialStatus.TERMINATED),
+        (1, TrialStatus.TERMINATED),
+        (2, TrialStatus.RUNNING),
+    ]
+    assert rows[0].unpack() == TrialSummary.of(finished)
+
+
+def test_load_trials_gives_whole_states(store):
+    finished = a_finished_trial(0)
+    never_started = a_trial(1).model_copy(update={"status": TrialStatus.PENDING})
+    store.write_trial(finished)
+    store.write_state(
+        ExperimentState(name="exp", next_trial_index=2, trials=[finished, never_started])
+    )
+    state, trials = store.load_trials()
+    assert state is not None and state.next_trial_index == 2
+    assert trials[0] == store.read_trial("t_0")
+    assert [a.start_iteration for a in trials[0].attempts] == [0, 2]
+    assert [c.dir_name for c in trials[0].checkpoints] == ["checkpoint_000001", "checkpoint_000002"]
+    # No trial.json: the state the snapshot describes.
+    assert (trials[1].trial_id, trials[1].status, trials[1].attempts) == (
+        "abcde_00001",
+        TrialStatus.PENDING,
+        [],
+    )
 
 
 def test_history_is_exact_after_a_resume(store):
