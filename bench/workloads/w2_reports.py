@@ -28,32 +28,45 @@ def run(ctx: Any, size: dict[str, Any], rec: Recorder) -> None:
     trials, reports = int(size["trials"]), int(size["reports"])
     ctx.warm_up()
     for rep in range(ctx.repeat):
-        tuner = tune.Tuner(
-            trainable,
-            param_space={"x": tune.uniform(0.0, 1.0), "reports": reports},
-            tune_config=tune.TuneConfig(metric="score", mode="max", num_samples=trials, seed=0),
-            run_config=tune.RunConfig(name=f"w2-{rep}", storage_path=ctx.new_dir("w2")),
-            task_runner=ctx.task_runner(),
-        )
-        timing = ctx.fit(tuner, f"W2-rep{rep}")
-        results = timing.results
-        total = trials * reports
-        for result in results:
-            assert result.metrics["training_iteration"] == reports, result.metrics
-        rec.add(NAME, "wall time", timing.wall_s, unit="s", better="lower")
-        rec.add(
-            NAME, "reports/s (fit wall)", total / timing.wall_s, unit="reports/s", better="higher"
-        )
-        # Each trial's loop: (reports - 1) reports took loop_s; sum the per-trial rates' work.
-        loop = sum(r.metrics["loop_s"] for r in results)
-        rec.add(
-            NAME,
-            "reports/s (in trainable, per trial)",
-            trials * (reports - 1) / loop,
-            unit="reports/s",
-            better="higher",
-        )
-        print(f"  W2 rep {rep + 1}: {total} reports in {timing.wall_s:.2f} s", flush=True)
+        # The default (trial task runs tagged with the experiment), then without the tag.
+        for tags, system in ((None, "prefect-tune"), ((), "prefect-tune, trial_tags=()")):
+            tuner = tune.Tuner(
+                trainable,
+                param_space={"x": tune.uniform(0.0, 1.0), "reports": reports},
+                tune_config=tune.TuneConfig(metric="score", mode="max", num_samples=trials, seed=0),
+                run_config=tune.RunConfig(
+                    name=f"w2-{rep}", storage_path=ctx.new_dir("w2"), trial_tags=tags
+                ),
+                task_runner=ctx.task_runner(),
+            )
+            timing = ctx.fit(tuner, f"W2-rep{rep}{'' if tags is None else '-untagged'}")
+            results = timing.results
+            total = trials * reports
+            for result in results:
+                assert result.metrics["training_iteration"] == reports, result.metrics
+            rec.add(NAME, "wall time", timing.wall_s, unit="s", better="lower", system=system)
+            rec.add(
+                NAME,
+                "reports/s (fit wall)",
+                total / timing.wall_s,
+                unit="reports/s",
+                better="higher",
+                system=system,
+            )
+            # Each trial's loop: (reports - 1) reports took loop_s; sum the per-trial work.
+            loop = sum(r.metrics["loop_s"] for r in results)
+            rec.add(
+                NAME,
+                "reports/s (in trainable, per trial)",
+                trials * (reports - 1) / loop,
+                unit="reports/s",
+                better="higher",
+                system=system,
+            )
+            print(
+                f"  W2 rep {rep + 1}, {system}: {total} reports in {timing.wall_s:.2f} s",
+                flush=True,
+            )
     rec.note(
         NAME,
         "'in trainable, per trial': reports / time inside one trial's loop (trials run "
