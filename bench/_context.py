@@ -3,9 +3,11 @@
 - a Prefect API (``prefect_test_harness``: a temporary server and database),
 - one ``distributed.LocalCluster`` (2 worker processes x 1 thread) whose workers report to it,
   hosted in a child process (``bench._cluster_host``) unless ``in_process_cluster``,
-- a moto S3 server on 127.0.0.1,
+- a moto S3 server on 127.0.0.1 (its own process),
 - directories under the run's work directory,
-- ``fit()``: a Tuner's ``fit()`` timed alone (optionally under cProfile or tracemalloc).
+- ``fit()``: a Tuner's ``fit()`` timed alone (optionally under cProfile or tracemalloc), started
+  once the Prefect server has caught up with the events of the runs before it, with the CPU time
+  the server spends on it measured (`FitTiming.server_cpu_s`).
 
 Start-up times go to ``Recorder.setup``, never into a workload's numbers.
 """
@@ -64,6 +66,11 @@ class FitTiming:
     wall_s: float
     peak_bytes: int | None = None  # tracemalloc peak above the level before fit()
     retained_bytes: int | None = None  # still allocated after fit(), results held
+    server_cpu_s: float | None = None  # Prefect server CPU from fit() until it was idle again
+    server_busy_after_s: float | None = None  # how long the server stayed busy after fit()
+    # CPU seconds used during fit() (start to return) by: the driver, the Dask cluster's
+    # processes, the Prefect server
+    cpu_during_s: dict[str, float] = field(default_factory=dict)
 
 
 class BenchContext:
@@ -93,6 +100,7 @@ class BenchContext:
         self._client: Any = None
         self._s3: S3Server | None = None
         self._warm = False
+        self._server: Any = None
 
     # -- services --------------------------------------------------------------------------------
 
@@ -108,6 +116,67 @@ class BenchContext:
                 "Prefect API start (prefect_test_harness)", time.perf_counter() - start
             )
         return self._api_url
+
+    def server_process(self) -> Any:
+        """The Prefect server's process (a child of this one), or None if not found."""
+        if self._server is None:
+            import psutil
+
+            self.prefect_api()
+            for child in psutil.Process().children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    cmdline = " ".join(child.cmdline())
+                    if "uvicorn" in cmdline and "prefect.server" in cmdline:
+                        self._server = child
+                        break
+        return self._server
+
+    def server_cpu_s(self) -> float | None:
+        server = self.server_process()
+        if server is None:
+            return None
+        times = server.cpu_times()
+        return float(times.user + times.system)
+
+    def cpu_by_role(self) -> dict[str, float]:
+        """CPU seconds used so far by this process (the driver), the Prefect server, and every
+        other child process (the Dask cluster)."""
+        import psutil
+
+        def used(process: Any) -> float:
+            with contextlib.suppress(psutil.Error):
+                times = process.cpu_times()
+                return float(times.user + times.system)
+            return 0.0
+
+        me = psutil.Process()
+        server = self.server_process()
+        out = {"driver": used(me), "Prefect server": 0.0, "Dask cluster": 0.0}
+        for child in me.children(recursive=True):
+            role = (
+                "Prefect server"
+                if server is not None and child.pid == server.pid
+                else "Dask cluster"
+            )
+            out[role] += used(child)
+        return out
+
+    def settle_server(self, max_wait_s: float = 180.0) -> float:
+        """Waits until the Prefect server is idle (under 10 % of a core for a second): on this
+        2-core machine it catches up with the previous runs' events after they end, and would
+        otherwise take CPU from the next timed run. Returns the seconds waited."""
+        start = time.perf_counter()
+        quiet = 0
+        last = self.server_cpu_s()
+        if last is None:
+            return 0.0
+        while time.perf_counter() - start < max_wait_s and quiet < 2:
+            time.sleep(0.5)
+            now = self.server_cpu_s()
+            assert now is not None
+            quiet = quiet + 1 if now - last < 0.05 else 0
+            last = now
+        return time.perf_counter() - start
 
     def cluster(self) -> Any:
         """The shared cluster: ``.scheduler_address`` is all a workload needs."""
@@ -154,17 +223,24 @@ class BenchContext:
         return self._client
 
     def s3(self) -> S3Server:
+        """A moto S3 server in a process of its own, as S3 is a service apart from the driver
+        (in the driver's process it would compete with the driver for the GIL)."""
         if self._s3 is None:
-            import boto3
-            from moto.server import ThreadedMotoServer
+            import socket
 
-            logging.getLogger("werkzeug").setLevel(logging.WARNING)
+            import boto3
+
             start = time.perf_counter()
-            server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-            server.start()
-            self._stack.callback(server.stop)
-            host, port = server.get_host_and_port()
-            endpoint = f"http://{host}:{port}"
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = int(sock.getsockname()[1])
+            process = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            self._stack.callback(_stop, process)
+            endpoint = f"http://127.0.0.1:{port}"
             client = boto3.client(
                 "s3",
                 endpoint_url=endpoint,
@@ -172,8 +248,17 @@ class BenchContext:
                 aws_access_key_id="testing",
                 aws_secret_access_key="testing",
             )
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    client.list_buckets()
+                    break
+                except Exception:
+                    if process.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"moto server did not start on port {port}") from None
+                    time.sleep(0.2)
             self._s3 = S3Server(endpoint, client)
-            self.rec.add_setup("moto S3 server start", time.perf_counter() - start)
+            self.rec.add_setup("moto S3 server start (own process)", time.perf_counter() - start)
         return self._s3
 
     def warm_up(self) -> None:
@@ -218,6 +303,9 @@ class BenchContext:
             tracemalloc.start()
             baseline = tracemalloc.get_traced_memory()[0]
             tracemalloc.reset_peak()
+        self.settle_server()
+        server_cpu_before = self.server_cpu_s()
+        cpu_before = self.cpu_by_role()
         start = time.perf_counter()
         try:
             if profiler is not None:
@@ -227,7 +315,14 @@ class BenchContext:
         finally:
             if profiler is not None:
                 profiler.disable()
+        cpu_after = self.cpu_by_role()
         timing = FitTiming(results, wall)
+        timing.cpu_during_s = {
+            role: cpu_after[role] - cpu_before.get(role, 0.0) for role in cpu_after
+        }
+        if server_cpu_before is not None:
+            timing.server_busy_after_s = self.settle_server()
+            timing.server_cpu_s = (self.server_cpu_s() or 0.0) - server_cpu_before
         if memory:
             peak = tracemalloc.get_traced_memory()[1]
             gc.collect()  # retained = what is still reachable, not garbage awaiting collection
@@ -249,6 +344,14 @@ class BenchContext:
 
     def close(self) -> None:
         self._stack.close()
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
 
 
 @contextlib.contextmanager

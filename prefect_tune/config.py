@@ -44,7 +44,9 @@ class TuneConfig:
         mode: ``"min"`` or ``"max"``; required with ``metric``.
         num_samples: Samples of the search space (each grid combination this many times);
             ``-1`` samples until ``time_budget_s`` or a stop condition ends the experiment.
-        max_concurrent_trials: Trials running at once; default: the Dask cluster's thread count.
+        max_concurrent_trials: Trials running at once. Default: as many as the Dask cluster
+            has threads, plus as many again waiting in Dask's queue (a worker then starts its
+            next trial without waiting for the driver).
         seed: Makes the sampled trial configs reproducible.
         time_budget_s: Wall-clock budget of the experiment; trials still running then stop at
             their next ``report()``.

@@ -109,3 +109,12 @@ def flaky(config: dict[str, Any]) -> None:
 
 def uses_bound_data(config: dict[str, Any], data: list[int]) -> None:
     tune.report({"loss": float(sum(data)) * config["scale"]})
+
+
+def timed_sleep(config: dict[str, Any]) -> None:
+    """Sleeps ``config["sleep_s"]`` and reports when it started and ended (wall clock)."""
+    import time
+
+    started = time.time()
+    time.sleep(float(config["sleep_s"]))
+    tune.report({"loss": float(config.get("x", 0)), "started": started, "ended": time.time()})

@@ -55,6 +55,34 @@ def _throughput(rec: Recorder, system: str, trials: int, wall: float, concurrenc
     )
 
 
+def _server_load(rec: Recorder, system: str, trials: int, timing: Any) -> None:
+    """The Prefect server's share: its CPU time per trial (from fit() until it is idle again)
+    and how long it kept working after fit() returned."""
+    for role, seconds in timing.cpu_during_s.items():
+        rec.add(
+            NAME,
+            f"CPU / trial during fit(): {role}",
+            seconds / trials * 1000,
+            unit="ms",
+            better="lower",
+            system=system,
+        )
+    if timing.server_cpu_s is None:
+        return
+    per_trial_ms = timing.server_cpu_s / trials * 1000
+    rec.add(
+        NAME, "Prefect server CPU / trial", per_trial_ms, unit="ms", better="lower", system=system
+    )
+    rec.add(
+        NAME,
+        "Prefect server busy after fit()",
+        timing.server_busy_after_s,
+        unit="s",
+        better="lower",
+        system=system,
+    )
+
+
 def run(ctx: Any, size: dict[str, Any], rec: Recorder) -> None:
     from bench._trace import breakdown, format_breakdown, trace_driver
 
@@ -67,11 +95,13 @@ def run(ctx: Any, size: dict[str, Any], rec: Recorder) -> None:
             timing = ctx.fit(make_tuner(ctx, trials, f"w1-{rep}"), f"W1-rep{rep}")
         traces.append(trace)
         _throughput(rec, "prefect-tune", trials, timing.wall_s, ctx.concurrency)
+        _server_load(rec, "prefect-tune", trials, timing)
         print(f"  W1 rep {rep + 1}: {trials} trials in {timing.wall_s:.2f} s", flush=True)
         last = timing.results
-        # The same without the experiment tag: no concurrency-slot request per task run.
+        # The same without the experiment tag.
         timing = ctx.fit(make_tuner(ctx, trials, f"w1-untagged-{rep}", ()), f"W1-untagged-{rep}")
         _throughput(rec, UNTAGGED, trials, timing.wall_s, ctx.concurrency)
+        _server_load(rec, UNTAGGED, trials, timing)
         print(f"  W1 rep {rep + 1}, {UNTAGGED}: {timing.wall_s:.2f} s", flush=True)
     if traces and last is not None:
         try:

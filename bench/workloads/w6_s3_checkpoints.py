@@ -1,7 +1,7 @@
 """W6: W3 on S3 (a moto server on 127.0.0.1 started by the benchmark): MiB/s vs raw s3fs put.
 
 The trainable is W3's; the floor is the same raw fsspec ``put`` + ``rm`` through s3fs with the
-same storage options. The moto server runs in the driver process (in memory).
+same storage options. The moto server runs in a process of its own (in memory).
 """
 
 from __future__ import annotations
@@ -27,5 +27,5 @@ def run(ctx: Any, size: dict[str, Any], rec: Recorder) -> None:
         floor_name="floor: s3fs put (moto)",
     )
     rec.note(
-        NAME, "moto keeps objects in memory and runs in the driver process, shared by both sides."
+        NAME, "moto keeps objects in memory and runs in a process of its own, shared by both sides."
     )

@@ -31,6 +31,10 @@ from prefect_tune.state._models import PackedSummary
 
 logger = logging.getLogger("prefect_tune")
 
+#: Trials submitted per trial the executor can run at once when ``max_concurrent_trials`` is
+#: not set: the rest wait in its queue.
+QUEUED_PER_SLOT = 2
+
 
 @dataclass(frozen=True)
 class ResumePolicy:
@@ -71,7 +75,8 @@ class TuneController:
         checkpoint_config: Passed to every trial.
         failure_config: Retries and fail-fast.
         stop: ``RunConfig.stop``.
-        max_concurrent_trials: At most this many trials at once (default: executor capacity).
+        max_concurrent_trials: At most this many trials submitted at once (default: twice the
+            executor's capacity, half of them waiting in its queue).
         time_budget_s: No new trials after this many seconds; running ones stop at their next
             report.
         policy: Which stored trials run again.
@@ -273,7 +278,9 @@ class TuneController:
         self._save(force=True)
         start = time.monotonic()
         deadline = time.time() + self.time_budget_s if self.time_budget_s else None
-        limit = self.max_concurrent or max(1, self.executor.capacity())
+        # By default one trial waits in the executor's queue behind each running one, so a
+        # worker starts its next trial without waiting for the driver to hear of the last.
+        limit = self.max_concurrent or QUEUED_PER_SLOT * max(1, self.executor.capacity())
         try:
             while True:
                 out_of_time = (

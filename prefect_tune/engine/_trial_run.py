@@ -96,6 +96,12 @@ class TrialOutcome:
     decision: Decision = Decision.CONTINUE
 
 
+def _not_started(trial: TrialState) -> TrialState:
+    unstarted = trial.model_copy()
+    unstarted.status = TrialStatus.PENDING
+    return unstarted
+
+
 def _begin(store: ExperimentStore, request: TrialRequest, task_run_id: str | None) -> TrialState:
     stored = store.read_trial(request.trial.dir_name)
     trial = stored if stored is not None else request.trial.model_copy(deep=True)
@@ -186,8 +192,14 @@ def run_trial(request: TrialRequest, task_run_id: str | None = None) -> TrialOut
     """
     storage = request.experiment.open()
     fence = ExperimentFence(storage, request.lease_owner, request.fence_interval_s)
-    if fence.check() is Decision.ABANDON:  # submitted by a driver that has since lost the lease
+    opening = fence.check()
+    if opening is Decision.ABANDON:  # submitted by a driver that has since lost the lease
         return TrialOutcome(trial=request.trial, decision=Decision.ABANDON)
+    if opening is Decision.PAUSE or (
+        request.deadline is not None and time.time() >= request.deadline
+    ):
+        # It waited in the queue past fail-fast or the time budget: it never starts.
+        return TrialOutcome(trial=_not_started(request.trial), decision=Decision.PAUSE)
     store = ExperimentStore(storage)
     trial = _begin(store, request, task_run_id)
     context = TrialContext(

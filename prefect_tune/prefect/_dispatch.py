@@ -8,8 +8,9 @@ driver captures the context once per experiment (`WorkerContext`) and each worke
 the expensive parts once (`_Connection`) and keeps them for later trials and experiments.
 
 Each trial is still a real Prefect task run of the experiment's flow run, run by Prefect's own
-task engine (``run_task_sync``): its states, logs, name and tags reach the API as with
-``task.submit``. Only the plumbing around it changes.
+task engine: its states, logs, name and tags reach the API as with ``task.submit``. Only the
+plumbing around it changes, and the tag concurrency slot request when no limit exists for the
+trial tags (`prefect_tune.prefect._engine`).
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.context import FlowRunContext, SettingsContext, SyncClientContext
 from prefect.logging.configuration import ensure_logging_setup
 from prefect.results import ResultStore
-from prefect.task_engine import run_task_sync
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from prefect_tune.engine import TrialOutcome, TrialRequest
+from prefect_tune.prefect._engine import TagLimits, run_task
 from prefect_tune.prefect._task import Sealed, trial_run_name, trial_task
 
 
@@ -123,6 +124,7 @@ class _WorkerEnv:
         self.flow: Flow[[], None] = Flow(fn=_experiment_flow_stub, name=context.experiment_name)
         self.flow_run = FlowRun.model_validate(context.flow_run)
         self.task = trial_task.with_options(task_run_name=trial_run_name, tags=list(context.tags))
+        self.tag_limits = TagLimits(context.tags)
         self._local = threading.local()
 
     def _flow_context(self) -> FlowRunContext:
@@ -197,9 +199,8 @@ def run_trial_task(context: WorkerContext, request: TrialRequest) -> TrialOutcom
     """
     env = _env_for(context)
     with env.entered():
-        return run_task_sync(  # type: ignore[return-value]
-            env.task, parameters={"sealed": Sealed(request)}, return_type="result"
-        )
+        limited = env.tag_limits.limited(env.connection.client_context.client)
+        return run_task(env.task, parameters={"sealed": Sealed(request)}, ask_for_slots=limited)
 
 
 __all__ = ["WorkerContext", "run_trial_task"]

@@ -24,6 +24,7 @@ import os
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from prefect_tune.exceptions import ExperimentNotFoundError, IncompleteCheckpointError, StateError
@@ -37,6 +38,16 @@ from prefect_tune.state._models import (
     load_document_json,
 )
 from prefect_tune.storage import Storage, layout
+
+
+@dataclass(frozen=True)
+class UploadedFiles:
+    """The files of a checkpoint, uploaded and not yet committed."""
+
+    index: int
+    target: str  # the checkpoint's directory, relative to the experiment
+    files: dict[str, int]  # relative path -> size in bytes
+
 
 # Reading trial files one after the other costs a round trip each on object stores; on a local
 # disk, threads only contend for the GIL. Reads slower than this on average wait on a network.
@@ -303,6 +314,10 @@ class ExperimentStore:
         Returns:
             The checkpoint's directory name and its size in bytes.
         """
+        return self.commit_checkpoint(self.put_checkpoint_files(dir_name, index, local_dir))
+
+    def put_checkpoint_files(self, dir_name: str, index: int, local_dir: str) -> UploadedFiles:
+        """Uploads the files of a local checkpoint directory, not yet committed."""
         files: dict[str, int] = {}
         for parent, _, names in os.walk(local_dir):
             for name in names:
@@ -317,9 +332,17 @@ class ExperimentStore:
         self.storage.put_files(
             (os.path.join(local_dir, *rel.split("/")), f"{target}/{rel}") for rel in files
         )
-        manifest = {"schema_version": 1, "files": files, "committed_at": time.time()}
-        self.storage.write_json(layout.manifest_file(target), manifest)
-        return layout.checkpoint_name(index), sum(files.values())
+        return UploadedFiles(index, target, files)
+
+    def commit_checkpoint(self, uploaded: UploadedFiles) -> tuple[str, int]:
+        """Commits uploaded checkpoint files by writing their manifest.
+
+        Returns:
+            The checkpoint's directory name and its size in bytes.
+        """
+        manifest = {"schema_version": 1, "files": uploaded.files, "committed_at": time.time()}
+        self.storage.write_json(layout.manifest_file(uploaded.target), manifest)
+        return layout.checkpoint_name(uploaded.index), sum(uploaded.files.values())
 
     def read_manifest(self, checkpoint_rel: str) -> dict[str, int]:
         """The files of a committed checkpoint; IncompleteCheckpointError if it never committed."""

@@ -7,6 +7,7 @@ differences between them are capability flags (``atomic_rename``), never branche
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
 import posixpath
@@ -108,6 +109,9 @@ class Storage:
         self.atomic_rename = isinstance(self.fs, LocalFileSystem)
         #: Whether a file is visible to readers while it is being written.
         self.writes_visible_early = isinstance(self.fs, LocalFileSystem)
+        #: s3fs asks for an object's size (a HEAD) before each whole-object read, to split big
+        #: ones into ranges read at once; the files read whole here are small, so one GET.
+        self._read_kwargs = _single_request_read(self.fs)
 
     @classmethod
     def open(cls, spec: StorageSpec | str) -> Storage:
@@ -151,7 +155,7 @@ class Storage:
             StorageError: any other failure.
         """
         with translated(self.uri(rel)):
-            return bytes(self.fs.cat_file(self.full_path(rel)))
+            return bytes(self.fs.cat_file(self.full_path(rel), **self._read_kwargs))
 
     def read_json(self, rel: str) -> Any:
         """Reads and parses a JSON file (see :meth:`read_bytes` for errors)."""
@@ -257,6 +261,15 @@ class Storage:
             os.makedirs(os.path.dirname(local) or ".", exist_ok=True)
         with translated(self.uri(pairs[0][0])):
             self.fs.get([self.full_path(rel) for rel, _ in pairs], [local for _, local in pairs])
+
+
+def _single_request_read(fs: fsspec.AbstractFileSystem) -> dict[str, Any]:
+    cat_file = getattr(fs, "_cat_file", None)
+    try:
+        parameters = inspect.signature(cat_file).parameters if cat_file is not None else {}
+    except (TypeError, ValueError):
+        return {}
+    return {"max_concurrency": 1} if "max_concurrency" in parameters else {}
 
 
 __all__ = ["Storage", "StorageSpec", "join_url", "normalize_url", "redact"]
