@@ -92,15 +92,14 @@ def _experiment_spec(
 
 def _rebuild_space(definition: ExperimentDefinition, store: ExperimentStore) -> dict[str, Any]:
     """The stored search space, rebuilt; an empty one if it cannot be rebuilt but every trial
-    already exists (their configs are stored), so no new config is ever drawn from it."""
+    is stored (with its config), so no config is ever drawn from it."""
     try:
         return space_from_description(definition.param_space)
     except SearchSpaceError:
         if definition.total_trials is None:
             raise
-        state, trials = store.load_trials()
-        created = max([state.next_trial_index if state else 0, *(t.index + 1 for t in trials)])
-        if created < definition.total_trials:
+        _, trials = store.load_summaries()
+        if set(range(definition.total_trials)) - {t.index for t in trials}:
             raise
         return {}
 

@@ -383,3 +383,22 @@ def test_a_trial_whose_worker_died_reads_back_as_the_driver_saw_it(tmp_path):
     (row,) = resumed.run()
     (trial,) = whole(store, [row])
     assert (trial.status, trial.num_failures) == (TrialStatus.TERMINATED, 1)
+
+
+def test_a_trial_its_driver_submitted_but_never_recorded_runs_on_resume(tmp_path):
+    # The driver stopped after submitting trial 0 and before saving a snapshot that lists it;
+    # trial 0 never started (no directory) while trials 1 and 2 did.
+    url = str(tmp_path / "exp")
+    space = {"x": tune.grid_search([1.0, 2.0, 3.0])}
+    store, controller = make_controller(url, trainables.quadratic, space)
+    first = whole(store, controller.run())
+    store.storage.delete(layout.trial_dir(first[0].dir_name))
+    store.storage.delete(layout.EXPERIMENT_STATE_FILE)
+
+    _, resumed = make_controller(url, trainables.quadratic, space)
+    rows = resumed.run()
+    assert [t.status for t in rows] == [TrialStatus.TERMINATED] * 3
+    assert [t.unpack().config["x"] for t in rows] == [1.0, 2.0, 3.0]
+    again = whole(store, rows)
+    assert len(again[0].attempts) == 1  # trial 0 ran, once
+    assert [len(t.attempts) for t in again[1:]] == [len(t.attempts) for t in first[1:]]

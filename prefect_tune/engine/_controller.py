@@ -172,6 +172,12 @@ class TuneController:
         self.state.next_trial_index = max(
             [self.state.next_trial_index, *(i + 1 for i in self._packed)]
         )
+        # A trial submitted but not yet started when its driver stopped has no directory, and
+        # is in no snapshot if none was saved after it was created: made again from its index.
+        for index in range(self.state.next_trial_index):
+            if index not in self._packed:
+                self._packed[index] = PackedSummary.of(self._new_trial(index))
+        self._packed = dict(sorted(self._packed.items()))
         for trial in list(self._packed.values()):
             if trial.status is TrialStatus.TERMINATED:
                 continue
