@@ -377,3 +377,46 @@ def test_trial_run_keeps_num_to_keep_best_checkpoints(store):
     ]
     assert store.read_trial(final.dir_name) == final
     assert [r["training_iteration"] for r in store.read_history(final)] == [1, 2, 3, 4, 5]
+
+
+def test_a_trial_whose_experiment_was_taken_over_commits_no_further_checkpoint(store, tmp_path):
+    # Driver A submitted the trial; before its third checkpoint, driver B takes the experiment
+    # over. The fence is read only at commits here (a long interval): the commit of step 3 is
+    # the check under test.
+    import prefect_tune as tune
+    from prefect_tune.session import Decision
+    from prefect_tune.state._lease import Lease
+
+    def hold_lease(owner: str) -> None:
+        lease = Lease(owner=owner, host="another-host", pid=1)
+        store.storage.write_bytes(layout.LEASE_FILE, lease.model_dump_json().encode())
+
+    store.write_definition(a_definition())
+    hold_lease("driver-a")
+
+    def trainable(config):
+        for step in (1, 2, 3):
+            if step == 3:
+                hold_lease("driver-b")
+            tune.report(
+                {"loss": 1.0 / step},
+                checkpoint=Checkpoint.from_directory(make_checkpoint_dir(tmp_path, step)),
+            )
+
+    outcome = run_trial(
+        TrialRequest(
+            experiment=store.storage.spec,
+            experiment_name="exp",
+            trial=a_trial(),
+            trial_name="t",
+            trainable=trainable,
+            metric="loss",
+            lease_owner="driver-a",
+            fence_interval_s=3600.0,
+        )
+    )
+    assert outcome.decision is Decision.ABANDON
+    stored = store.read_trial(a_trial().dir_name)
+    assert stored is not None and stored.status is TrialStatus.RUNNING  # B's to resume
+    assert [c.training_iteration for c in stored.checkpoints] == [1, 2]
+    assert stored.last_result is not None and stored.last_result["training_iteration"] == 2
