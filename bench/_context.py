@@ -133,32 +133,23 @@ class BenchContext:
 
     def server_cpu_s(self) -> float | None:
         server = self.server_process()
-        if server is None:
-            return None
-        times = server.cpu_times()
-        return float(times.user + times.system)
+        return None if server is None else _cpu_s(server)
 
     def cpu_by_role(self) -> dict[str, float]:
         """CPU seconds used so far by this process (the driver), the Prefect server, and every
         other child process (the Dask cluster)."""
         import psutil
 
-        def used(process: Any) -> float:
-            with contextlib.suppress(psutil.Error):
-                times = process.cpu_times()
-                return float(times.user + times.system)
-            return 0.0
-
         me = psutil.Process()
         server = self.server_process()
-        out = {"driver": used(me), "Prefect server": 0.0, "Dask cluster": 0.0}
+        out = {"driver": _cpu_s(me), "Prefect server": 0.0, "Dask cluster": 0.0}
         for child in me.children(recursive=True):
             role = (
                 "Prefect server"
                 if server is not None and child.pid == server.pid
                 else "Dask cluster"
             )
-            out[role] += used(child)
+            out[role] += _cpu_s(child)
         return out
 
     def settle_server(self, max_wait_s: float = 180.0) -> float:
@@ -344,6 +335,16 @@ class BenchContext:
 
     def close(self) -> None:
         self._stack.close()
+
+
+def _cpu_s(process: Any) -> float:
+    """User + system CPU seconds of a psutil process so far; 0 if it has gone."""
+    import psutil
+
+    with contextlib.suppress(psutil.Error):
+        times = process.cpu_times()
+        return float(times.user + times.system)
+    return 0.0
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:

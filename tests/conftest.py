@@ -197,6 +197,22 @@ BACKENDS: tuple[StorageBackend, ...] = (
 )
 
 
+@pytest.fixture
+def storage_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The relative paths of the files read whole through any `Storage`, in order, from now on."""
+    from prefect_tune.storage import Storage
+
+    reads: list[str] = []
+    original = Storage.read_bytes
+
+    def recording(self: Storage, rel: str) -> bytes:
+        reads.append(rel)
+        return original(self, rel)
+
+    monkeypatch.setattr(Storage, "read_bytes", recording)
+    return reads
+
+
 @pytest.fixture(params=BACKENDS, ids=[backend.name for backend in BACKENDS])
 def storage_backend(request: pytest.FixtureRequest) -> StorageBackend:
     """The backend of the current ``storage_spec`` (a test taking either runs once per backend)."""

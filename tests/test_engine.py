@@ -294,19 +294,12 @@ def test_finished_trials_are_kept_as_the_summaries_of_their_stored_states(tmp_pa
     assert all("attempts" not in t and "checkpoints" not in t for t in raw["trials"])
 
 
-def test_restoring_a_finished_experiment_reads_no_trial_file(tmp_path, monkeypatch):
+def test_restoring_a_finished_experiment_reads_no_trial_file(tmp_path, request):
     url = str(tmp_path / "exp")
     space = {"x": tune.grid_search([1.0, 2.0, 3.0]), "steps": 2}
     store, controller = make_controller(url, trainables.quadratic, space)
     before = controller.run()
-    reads: list[str] = []
-    original = Storage.read_bytes
-
-    def recording(self: Storage, rel: str) -> bytes:
-        reads.append(rel)
-        return original(self, rel)
-
-    monkeypatch.setattr(Storage, "read_bytes", recording)
+    reads = request.getfixturevalue("storage_reads")
     _, again = make_controller(url, trainables.quadratic, space)
     assert again.run() == before  # nothing ran again
     assert layout.EXPERIMENT_STATE_FILE in reads

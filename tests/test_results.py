@@ -476,15 +476,8 @@ def test_dataframe_of_an_empty_experiment(root):
 # -- what is read, and when ----------------------------------------------------------------------
 
 
-def test_analysis_reads_only_small_files_until_asked(exp, monkeypatch):
-    reads: list[str] = []
-    original = Storage.read_bytes
-
-    def recording(self: Storage, rel: str) -> bytes:
-        reads.append(rel)
-        return original(self, rel)
-
-    monkeypatch.setattr(Storage, "read_bytes", recording)
+def test_analysis_reads_only_small_files_until_asked(exp, storage_reads):
+    reads = storage_reads
     grid = ResultGrid(exp.store)
     grid.get_best_result()
     grid.get_dataframe()
@@ -570,15 +563,8 @@ def test_pickled_grid_reopens_its_storage(exp, grid):
     assert isinstance(error, TrialError) and error.traceback == TRACEBACK
 
 
-def test_a_grid_reads_trial_details_only_when_asked(exp, monkeypatch):
-    reads: list[str] = []
-    original = Storage.read_bytes
-
-    def recording(self: Storage, rel: str) -> bytes:
-        reads.append(rel)
-        return original(self, rel)
-
-    monkeypatch.setattr(Storage, "read_bytes", recording)
+def test_a_grid_reads_trial_details_only_when_asked(exp, monkeypatch, storage_reads):
+    reads = storage_reads
     monkeypatch.setattr(Storage, "_cache", {})
     grid = ResultGrid.from_path(exp.url)
     best = grid.get_best_result()
