@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from prefect_tune.exceptions import CheckpointError, IncompleteCheckpointError
+from prefect_tune.state._models import TrialState, load_document_json
 from prefect_tune.storage import Storage, StorageSpec, layout
 
 
@@ -38,6 +39,7 @@ class Checkpoint:
         self._spec = StorageSpec(os.fspath(path), dict(storage_options or {}))
         self._storage: Storage | None = None
         self._committed = False
+        self._listed: dict[str, int] | None = None  # a committed checkpoint's files, once known
 
     @classmethod
     def from_directory(cls, path: str | os.PathLike[str]) -> Checkpoint:
@@ -53,9 +55,15 @@ class Checkpoint:
         return cls(os.path.abspath(path))
 
     @classmethod
-    def _committed_in(cls, spec: StorageSpec) -> Checkpoint:
+    def _committed_in(cls, spec: StorageSpec, files: dict[str, int] | None = None) -> Checkpoint:
+        """A checkpoint a trial committed, at ``spec`` (``trials/<trial dir>/checkpoint_N``).
+
+        Args:
+            files: Its files and sizes, from its record; None to read them when needed.
+        """
         ckpt = cls(spec.url, spec.options)
         ckpt._committed = True
+        ckpt._listed = files
         return ckpt
 
     @property
@@ -76,21 +84,45 @@ class Checkpoint:
         return self._storage
 
     def _files(self) -> dict[str, int]:
-        """Files of the checkpoint with their sizes (from the manifest when committed)."""
+        """Files of the checkpoint with their sizes: for a committed one, those its trial's
+        state lists (or, committed by a version 1 trial state, its manifest)."""
         storage = self._storage_root()
         if self._committed:
-            try:
-                manifest = storage.read_json(layout.MANIFEST_FILE)
-            except FileNotFoundError as exc:
-                raise IncompleteCheckpointError(
-                    f"Checkpoint {self.path} has no manifest: it was never committed."
-                ) from exc
-            return {str(k): int(v) for k, v in manifest["files"].items()}
+            if self._listed is None:
+                self._listed = self._committed_files(storage)
+            return self._listed
         files = storage.walk_files()
         files.pop(layout.MANIFEST_FILE, None)
         if not files and not storage.exists():
             raise CheckpointError(f"Checkpoint {self.path} does not exist.")
         return files
+
+    def _committed_files(self, storage: Storage) -> dict[str, int]:
+        trial_dir, _, name = storage.url.rpartition("/")
+        trial_storage = Storage.open(StorageSpec(trial_dir, self._spec.options))
+        try:
+            data = trial_storage.read_bytes(layout.TRIAL_FILE)
+        except FileNotFoundError as exc:
+            raise IncompleteCheckpointError(
+                f"Checkpoint {self.path} belongs to no trial: {trial_storage.uri()} has no "
+                f"{layout.TRIAL_FILE}."
+            ) from exc
+        trial = load_document_json(TrialState, data, trial_storage.uri(layout.TRIAL_FILE))
+        record = next((c for c in trial.checkpoints if c.dir_name == name), None)
+        if record is None:
+            raise IncompleteCheckpointError(
+                f"Checkpoint {self.path} is not one its trial keeps: it was never committed, or "
+                "CheckpointConfig(num_to_keep=...) dropped it since."
+            )
+        if record.files is not None:
+            return record.files
+        try:  # committed by a version 1 trial state: its manifest lists the files
+            manifest = storage.read_json(layout.MANIFEST_FILE)
+        except FileNotFoundError as exc:
+            raise IncompleteCheckpointError(
+                f"Checkpoint {self.path} has no manifest: it was never committed."
+            ) from exc
+        return {str(k): int(v) for k, v in manifest["files"].items()}
 
     def to_directory(self, path: str | os.PathLike[str] | None = None) -> str:
         """Copies the checkpoint's files into a local directory and returns its path.
@@ -144,9 +176,10 @@ class Checkpoint:
         return hash(self.path)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"spec": self._spec, "committed": self._committed}
+        return {"spec": self._spec, "committed": self._committed, "files": self._listed}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self._spec = state["spec"]
         self._committed = state["committed"]
+        self._listed = state.get("files")
         self._storage = None

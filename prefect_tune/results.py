@@ -212,7 +212,7 @@ class Result:
         if self._checkpoints is None:
             trial = self._trial
             self._checkpoints = [
-                (self._checkpoint_at(trial.dir_name, record.dir_name), record.metrics)
+                (self._checkpoint_at(trial.dir_name, record.dir_name, record.files), record.metrics)
                 for record in trial.checkpoints
             ]
         return list(self._checkpoints)
@@ -264,9 +264,11 @@ class Result:
             )
         return best[0]
 
-    def _checkpoint_at(self, trial_dir: str, dir_name: str) -> Checkpoint:
+    def _checkpoint_at(
+        self, trial_dir: str, dir_name: str, files: dict[str, int] | None = None
+    ) -> Checkpoint:
         rel = f"{layout.trial_dir(trial_dir)}/{dir_name}"
-        return Checkpoint._committed_in(self._store.storage.spec.child(rel))
+        return Checkpoint._committed_in(self._store.storage.spec.child(rel), files)
 
     def _rows(self) -> list[dict[str, Any]]:
         if self._history is None:

@@ -227,9 +227,13 @@ class TrialSession:
         self.metric = metric
         self.checkpoint_config = checkpoint_config
         self.controls = list(controls)
-        #: Checked right before each commit: a trial whose driver lost the experiment must not
+        #: Read at each checkpoint commit: a trial whose driver lost the experiment must not
         #: write its state over the new driver's attempt.
         self.fence: Callable[[], Decision] | None = None
+        #: A read of the lease begun at most this long before a commit point is recent enough.
+        #: A driver that takes the experiment over starts no trial before the fence interval
+        #: (plus a margin) has passed, so half of it leaves a commit time to land before.
+        self.fence_window_s = 0.0
         self.flush_interval = result_flush_interval_s
         attempt = trial.attempts[-1]
         self.attempt = attempt.attempt
@@ -237,7 +241,8 @@ class TrialSession:
         latest = trial.latest_checkpoint
         self.resume_checkpoint = (
             Checkpoint._committed_in(
-                store.storage.spec.child(f"{layout.trial_dir(trial.dir_name)}/{latest.dir_name}")
+                store.storage.spec.child(f"{layout.trial_dir(trial.dir_name)}/{latest.dir_name}"),
+                latest.files,
             )
             if latest is not None
             else None
@@ -331,56 +336,62 @@ class TrialSession:
         trial = self.trial
         index = trial.next_checkpoint_index
         row["checkpoint_dir_name"] = layout.checkpoint_name(index)
-        # Rows up to this one must be durable before the commit point below; they are written
-        # while the checkpoint uploads.
-        flushed = self._background().submit(self.flush)
+        pool = self._background()
+        # Rows up to this one must be durable before the commit point below, and the lease is
+        # read (see `fence_window_s`): both while the checkpoint uploads.
+        flushed = pool.submit(self.flush)
+        fenced = pool.submit(self._read_fence) if self.fence is not None else None
         local_dir, cleanup = self._local_copy(checkpoint)
-        fenced: Future[Decision] | None = None
         try:
-            uploaded = self.store.put_checkpoint_files(trial.dir_name, index, local_dir)
-            # On an object store the lease is read while the manifest is written (one round trip
-            # less); on a file system both take well under a millisecond, less than a handoff
-            # between threads, and the lease is read after.
-            if self.fence is not None and not self.store.storage.atomic_rename:
-                fenced = self._background().submit(self.fence)
-            dir_name, size = self.store.commit_checkpoint(uploaded)
+            uploaded = self.store.upload_checkpoint(trial.dir_name, index, local_dir)
         except BaseException:
-            pending: list[Future[Any]] = [flushed] if fenced is None else [flushed, fenced]
+            pending: list[Future[Any]] = [f for f in (flushed, fenced) if f is not None]
             wait(pending)  # the upload's error is the one to raise
             raise
         finally:
             if cleanup:
                 shutil.rmtree(local_dir, ignore_errors=True)
         flushed.result()
+        if fenced is not None and self._fence_after_upload(*fenced.result()) is Decision.ABANDON:
+            raise TrialStopped(Decision.ABANDON)
         trial.checkpoints.append(
             CheckpointRecord(
                 index=index,
-                dir_name=dir_name,
+                dir_name=uploaded.dir_name,
                 training_iteration=self.iteration,
                 metrics=row,
-                size_bytes=size,
+                size_bytes=uploaded.size_bytes,
+                files=uploaded.files,
             )
         )
         trial.next_checkpoint_index = index + 1
         dropped = self._checkpoints_to_drop()
         trial.checkpoints = [c for c in trial.checkpoints if c not in dropped]
-        if fenced is not None:
-            decision = fenced.result()
-        elif self.fence is not None:
-            decision = self.fence()
-        else:
-            decision = Decision.CONTINUE
-        if decision is Decision.ABANDON:
-            raise TrialStopped(Decision.ABANDON)
         self.store.write_trial(trial)  # the commit point
         if dropped:  # no longer listed: deleted while the trainable goes on
             self._deleting = [f for f in self._deleting if not f.done()]
             self._deleting.append(
-                self._background().submit(self.store.delete_checkpoints, trial.dir_name, dropped)
+                pool.submit(self.store.delete_checkpoints, trial.dir_name, dropped)
             )
         self.resume_checkpoint = Checkpoint._committed_in(
-            self.store.storage.spec.child(f"{layout.trial_dir(trial.dir_name)}/{dir_name}")
+            self.store.storage.spec.child(
+                f"{layout.trial_dir(trial.dir_name)}/{uploaded.dir_name}"
+            ),
+            uploaded.files,
         )
+
+    def _read_fence(self) -> tuple[float, Decision]:
+        assert self.fence is not None
+        started = time.monotonic()
+        return started, self.fence()
+
+    def _fence_after_upload(self, started: float, decision: Decision) -> Decision:
+        """The lease as it was read while the checkpoint uploaded; read again when that read
+        began more than ``fence_window_s`` ago (a long upload)."""
+        if decision is Decision.ABANDON or time.monotonic() - started <= self.fence_window_s:
+            return decision
+        assert self.fence is not None
+        return self.fence()
 
     def _background(self) -> ThreadPoolExecutor:
         if self._pool is None:

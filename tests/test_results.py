@@ -119,14 +119,15 @@ def add_checkpoint(
     (src / "model.txt").write_text(f"{trial.trial_id}@{iteration}")
     (src / "sub" / "weights.bin").write_bytes(bytes([iteration]) * 16)
     index = trial.next_checkpoint_index
-    dir_name, size = store.upload_checkpoint(trial.dir_name, index, str(src))
+    uploaded = store.upload_checkpoint(trial.dir_name, index, str(src))
     trial.checkpoints.append(
         CheckpointRecord(
             index=index,
-            dir_name=dir_name,
+            dir_name=uploaded.dir_name,
             training_iteration=iteration,
-            metrics=dict(row, checkpoint_dir_name=dir_name),
-            size_bytes=size,
+            metrics=dict(row, checkpoint_dir_name=uploaded.dir_name),
+            size_bytes=uploaded.size_bytes,
+            files=uploaded.files,
         )
     )
     trial.next_checkpoint_index = index + 1

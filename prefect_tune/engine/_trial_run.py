@@ -220,6 +220,7 @@ def run_trial(request: TrialRequest, task_run_id: str | None = None) -> TrialOut
         result_flush_interval_s=request.result_flush_interval_s,
     )
     session.fence = fence.check
+    session.fence_window_s = request.fence_interval_s / 2
     token = _current.set(session)
     decision = Decision.CONTINUE
     try:

@@ -4,6 +4,7 @@ from prefect_tune.state._lease import DEFAULT_LEASE_TTL_S, Lease, LeaseHolder, r
 from prefect_tune.state._models import (
     SCHEMA_VERSION,
     STATE_SCHEMA_VERSION,
+    TRIAL_SCHEMA_VERSION,
     AttemptRecord,
     CheckpointRecord,
     ExperimentDefinition,
@@ -31,6 +32,7 @@ __all__ = [
     "FlowRunRecord",
     "PackedSummary",
     "STATE_SCHEMA_VERSION",
+    "TRIAL_SCHEMA_VERSION",
     "TrialState",
     "TrialStatus",
     "TrialSummary",

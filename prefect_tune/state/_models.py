@@ -5,9 +5,14 @@ of its model's ``schema_version`` field). A reader accepts its own version and o
 (migrated in :func:`load_document`), and refuses newer ones with
 :class:`~prefect_tune.exceptions.UnsupportedSchemaVersionError`.
 
-Versions: every document is at version 1 except the driver's snapshot (`ExperimentState`),
-at version 2 since it records each trial as a compact `TrialSummary` instead of its whole
-`TrialState` (version 1, still read).
+Versions: every document is at version 1 except two at version 2 (version 1 of each is still
+read):
+
+- the driver's snapshot (`ExperimentState`), which records each trial as a compact
+  `TrialSummary` instead of its whole `TrialState`;
+- a trial's state (`TrialState`), whose `CheckpointRecord` lists the checkpoint's files: the
+  record is what commits a checkpoint. At version 1 a manifest file written last in the
+  checkpoint's directory did, and listed them.
 """
 
 from __future__ import annotations
@@ -21,10 +26,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from prefect_tune.exceptions import StateError, UnsupportedSchemaVersionError
 
-#: The version of the documents whose format never changed (definition, trial state, lease).
+#: The version of the documents whose format never changed (definition, lease).
 SCHEMA_VERSION = 1
 #: The version of the driver's snapshot, ``experiment_state.json``.
 STATE_SCHEMA_VERSION = 2
+#: The version of a trial's state, ``trial.json``.
+TRIAL_SCHEMA_VERSION = 2
 
 
 class TrialStatus(str, Enum):
@@ -55,6 +62,11 @@ class CheckpointRecord(_Model):
     metrics: dict[str, Any] = Field(default_factory=dict)
     created_at: float = Field(default_factory=time.time)
     size_bytes: int = 0
+    files: dict[str, int] | None = Field(
+        None,
+        description="Relative path -> size in bytes of each file of the checkpoint. None in a "
+        "version 1 trial state, whose checkpoints list their files in a manifest.",
+    )
 
 
 class AttemptRecord(_Model):
@@ -75,9 +87,10 @@ class AttemptRecord(_Model):
 
 
 class TrialState(_Model):
-    """A trial's whole state. Its worker writes it at each start, checkpoint and end."""
+    """A trial's whole state. Its worker writes it at each start, checkpoint and end; the write
+    that lists a checkpoint commits it."""
 
-    schema_version: int = SCHEMA_VERSION
+    schema_version: int = TRIAL_SCHEMA_VERSION
     trial_id: str
     index: int
     dir_name: str
@@ -340,8 +353,17 @@ def _state_1_to_2(raw: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _trial_1_to_2(raw: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 checkpoint records do not list their files (their manifests do): ``files``
+    stays None."""
+    return {**raw, "schema_version": 2}
+
+
 # model -> {schema_version: function upgrading a raw document of that version to the next one}.
-_MIGRATIONS: dict[type[_Model], dict[int, Any]] = {ExperimentState: {1: _state_1_to_2}}
+_MIGRATIONS: dict[type[_Model], dict[int, Any]] = {
+    ExperimentState: {1: _state_1_to_2},
+    TrialState: {1: _trial_1_to_2},
+}
 
 
 def current_version(model: type[_Model]) -> int:

@@ -45,8 +45,12 @@ class UploadedFiles:
     """The files of a checkpoint, uploaded and not yet committed."""
 
     index: int
-    target: str  # the checkpoint's directory, relative to the experiment
+    dir_name: str  # the checkpoint's directory, below its trial's
     files: dict[str, int]  # relative path -> size in bytes
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(self.files.values())
 
 
 # Reading trial files one after the other costs a round trip each on object stores; on a local
@@ -308,16 +312,13 @@ class ExperimentStore:
 
     # -- checkpoints -----------------------------------------------------------------------------
 
-    def upload_checkpoint(self, dir_name: str, index: int, local_dir: str) -> tuple[str, int]:
-        """Uploads a local checkpoint directory and commits it by writing its manifest last.
+    def upload_checkpoint(self, dir_name: str, index: int, local_dir: str) -> UploadedFiles:
+        """Uploads the files of a local checkpoint directory as the trial's checkpoint ``index``.
 
-        Returns:
-            The checkpoint's directory name and its size in bytes.
+        The checkpoint is committed only when the trial's state lists it (`CheckpointRecord`
+        with these ``files``): until then a reader ignores the directory, and the trial's next
+        attempt deletes it.
         """
-        return self.commit_checkpoint(self.put_checkpoint_files(dir_name, index, local_dir))
-
-    def put_checkpoint_files(self, dir_name: str, index: int, local_dir: str) -> UploadedFiles:
-        """Uploads the files of a local checkpoint directory, not yet committed."""
         files: dict[str, int] = {}
         for parent, _, names in os.walk(local_dir):
             for name in names:
@@ -328,24 +329,15 @@ class ExperimentStore:
                 files[rel] = os.path.getsize(full)
         target = layout.checkpoint_dir(dir_name, index)
         # A partial directory of the same name (a crash mid-upload) was removed when this
-        # attempt began; stray files would be ignored anyway, since readers go by the manifest.
+        # attempt began; stray files would be ignored anyway, since readers go by the list.
         self.storage.put_files(
             (os.path.join(local_dir, *rel.split("/")), f"{target}/{rel}") for rel in files
         )
-        return UploadedFiles(index, target, files)
-
-    def commit_checkpoint(self, uploaded: UploadedFiles) -> tuple[str, int]:
-        """Commits uploaded checkpoint files by writing their manifest.
-
-        Returns:
-            The checkpoint's directory name and its size in bytes.
-        """
-        manifest = {"schema_version": 1, "files": uploaded.files, "committed_at": time.time()}
-        self.storage.write_json(layout.manifest_file(uploaded.target), manifest)
-        return layout.checkpoint_name(uploaded.index), sum(uploaded.files.values())
+        return UploadedFiles(index, layout.checkpoint_name(index), files)
 
     def read_manifest(self, checkpoint_rel: str) -> dict[str, int]:
-        """The files of a committed checkpoint; IncompleteCheckpointError if it never committed."""
+        """The files a version 1 checkpoint's manifest lists; IncompleteCheckpointError if it
+        has none (it never committed)."""
         try:
             manifest = self.storage.read_json(layout.manifest_file(checkpoint_rel))
         except FileNotFoundError as exc:

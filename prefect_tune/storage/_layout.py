@@ -7,11 +7,14 @@
         experiment_state.json           the driver's snapshot: every trial's status and summary
         lease.json                      which driver holds the experiment, until when
         trials/<trial dir>/
-            trial.json                  the trial's own state, written by its worker
+            trial.json                  the trial's own state, written by its worker; the
+                                        write that lists a checkpoint (its files and sizes)
+                                        commits it
             error.txt                   the traceback of its last failure, if any
             results/<attempt>-<seq>.jsonl   reported results, one JSON object a line
-            checkpoint_000003/          a checkpoint's files, and
-                .prefect_tune_manifest.json  written last: its presence commits the checkpoint
+            checkpoint_000003/          a checkpoint's files
+                .prefect_tune_manifest.json  only in checkpoints of a version 1 trial.json:
+                                        written last, it listed the files and committed them
 """
 
 from __future__ import annotations

@@ -320,34 +320,130 @@ def test_history_is_exact_after_a_resume(store):
 def test_checkpoint_commit_and_partial_checkpoints(store, tmp_path):
     trial = a_trial()
     src = make_checkpoint_dir(tmp_path, 1)
-    name, size = store.upload_checkpoint(trial.dir_name, 0, src)
-    assert name == "checkpoint_000000" and size > 10_000
+    uploaded = store.upload_checkpoint(trial.dir_name, 0, src)
+    assert uploaded.dir_name == "checkpoint_000000"
+    assert uploaded.files == {"state.json": 11, "sub/weights.bin": 10_000}
     rel = layout.checkpoint_dir(trial.dir_name, 0)
-    assert store.read_manifest(rel) == {"state.json": 11, "sub/weights.bin": 10_000}
+    spec = store.storage.spec
 
-    # Files without a manifest: never seen as committed.
+    # Uploaded, not committed: no trial state lists it yet.
+    with pytest.raises(IncompleteCheckpointError, match="belongs to no trial"):
+        Checkpoint._committed_in(spec.child(rel)).to_directory(str(tmp_path / "early"))
+
+    # The trial state that lists it (with its files) commits it.
+    trial.checkpoints.append(
+        CheckpointRecord(
+            index=0,
+            dir_name=uploaded.dir_name,
+            training_iteration=1,
+            size_bytes=uploaded.size_bytes,
+            files=uploaded.files,
+        )
+    )
+    trial.next_checkpoint_index = 1
+    store.write_trial(trial)
+
+    # A crash mid-upload of the next one: files no trial state lists, never seen as committed.
     partial = layout.checkpoint_dir(trial.dir_name, 1)
     store.storage.write_bytes(f"{partial}/state.json", b"{}")
-    with pytest.raises(IncompleteCheckpointError):
-        store.read_manifest(partial)
-    stored = Checkpoint._committed_in(store.storage.spec.child(partial))
-    with pytest.raises(IncompleteCheckpointError):
-        stored.to_directory(str(tmp_path / "out-partial"))
+    with pytest.raises(IncompleteCheckpointError, match="never committed"):
+        Checkpoint._committed_in(spec.child(partial)).to_directory(str(tmp_path / "partial"))
 
-    # A committed checkpoint downloads whole, byte for byte.
-    committed = Checkpoint._committed_in(store.storage.spec.child(rel))
-    out = committed.to_directory(str(tmp_path / "out"))
-    out_bytes = pathlib.Path(out, "sub", "weights.bin").read_bytes()
-    assert out_bytes == pathlib.Path(src, "sub", "weights.bin").read_bytes()
-    with committed.as_directory() as d:
-        assert json.loads(pathlib.Path(d, "state.json").read_text()) == {"step": 1}
+    # A committed checkpoint downloads whole, byte for byte: with its files given (as a trial's
+    # records give them) or read from its trial's state (a checkpoint known by its path only).
+    for i, committed in enumerate(
+        [
+            Checkpoint._committed_in(spec.child(rel), uploaded.files),
+            Checkpoint._committed_in(spec.child(rel)),
+        ]
+    ):
+        out = committed.to_directory(str(tmp_path / f"out-{i}"))
+        out_bytes = pathlib.Path(out, "sub", "weights.bin").read_bytes()
+        assert out_bytes == pathlib.Path(src, "sub", "weights.bin").read_bytes()
+        assert sorted(p.name for p in pathlib.Path(out).rglob("*") if p.is_file()) == [
+            "state.json",
+            "weights.bin",
+        ]
+        with committed.as_directory() as d:
+            assert json.loads(pathlib.Path(d, "state.json").read_text()) == {"step": 1}
 
-    # The trial commits only checkpoint 0: the partial one is garbage to collect.
-    trial.checkpoints = []
-    trial.checkpoints.append(CheckpointRecord(index=0, dir_name=name, training_iteration=1))
+    # A stored file that is not the size its record says: the checkpoint is not whole.
+    store.storage.write_bytes(f"{rel}/state.json", b"{}")
+    with pytest.raises(IncompleteCheckpointError, match="wrong size"):
+        Checkpoint._committed_in(spec.child(rel)).to_directory(str(tmp_path / "torn"))
+
+    # The partial one is garbage to collect.
     assert store.remove_uncommitted_checkpoints(trial) == ["checkpoint_000001"]
     assert not store.storage.exists(f"{partial}/state.json")
     assert store.storage.exists(f"{rel}/state.json")
+
+
+# trial.json as prefect-tune wrote it at schema_version 1: its checkpoint records do not list
+# files; the manifest written last in each checkpoint's directory does.
+V1_TRIAL = (
+    '{"schema_version":1,"trial_id":"abcde_00000","index":0,"dir_name":"t_0","config":{"x":5'
+    '.0,"steps":4},"status":"RUNNING","last_result":{"loss":2.0,"acc":0.3333333333333333,"s'
+    'tep":2,"training_iteration":2,"trial_id":"abcde_00000","timestamp":1795670000,"date":"'
+    '2026-11-26_05-13-20","time_this_iter_s":0.01,"time_total_s":0.02,"time_since_restore":'
+    '0.02,"iterations_since_restore":2,"checkpoint_dir_name":"checkpoint_000001","done":fals'
+    'e,"hostname":"vm","pid":1},"checkpoints":[{"index":1,"dir_name":"checkpoint_000001","t'
+    'raining_iteration":2,"metrics":{"loss":2.0,"step":2,"training_iteration":2,"checkpoint'
+    '_dir_name":"checkpoint_000001"},"created_at":1795670000.0,"size_bytes":1045}],"next_ch'
+    'eckpoint_index":2,"num_failures":0,"error":null,"error_type":null,"attempts":[{"attemp'
+    't":1,"started_at":1795670000.0,"ended_at":null,"start_iteration":0,"resumed_from":null'
+    ',"status":"RUNNING","error":null,"flow_run_id":null,"task_run_id":null,"host":"vm"}],"'
+    'updated_at":1795670000.0}'
+)
+
+
+def test_a_trial_state_of_schema_version_1_resumes_from_its_manifest_committed_checkpoint(
+    store, tmp_path
+):
+    store.write_definition(a_definition())
+    ckpt = layout.checkpoint_dir("t_0", 1)
+    store.storage.write_bytes(f"{ckpt}/state.json", json.dumps({"step": 2, "x": 5.0}).encode())
+    store.storage.write_bytes(f"{ckpt}/weights.bin", bytes([2]) * 1024)
+    store.storage.write_json(
+        f"{ckpt}/{layout.MANIFEST_FILE}",
+        {"schema_version": 1, "files": {"state.json": 21, "weights.bin": 1024}},
+    )
+    store.storage.write_bytes(layout.trial_file("t_0"), V1_TRIAL.encode())
+    old = store.read_trial("t_0")
+    assert old is not None and old.checkpoints[0].files is None
+    out = Checkpoint._committed_in(store.storage.spec.child(ckpt)).to_directory(
+        str(tmp_path / "v1")
+    )
+    assert json.loads(pathlib.Path(out, "state.json").read_text())["step"] == 2
+
+    outcome = run_trial(
+        TrialRequest(
+            experiment=store.storage.spec,
+            experiment_name="exp",
+            trial=old,
+            trial_name="t",
+            trainable=trainables.quadratic,
+            metric="loss",
+        )
+    )
+    final = outcome.trial
+    assert final.status is TrialStatus.TERMINATED
+    assert final.attempts[-1].start_iteration == 2  # resumed from the v1 checkpoint
+    assert [c.training_iteration for c in final.checkpoints] == [2, 3, 4]
+    assert final.checkpoints[0].files is None and final.checkpoints[-1].files == {
+        "state.json": 21,
+        "weights.bin": 1024,
+    }
+    raw = json.loads(store.storage.read_bytes(layout.trial_file("t_0")))
+    assert raw["schema_version"] == 2
+    assert store.read_trial("t_0") == final
+
+
+def test_a_checkpoint_of_schema_version_1_without_its_manifest_was_never_committed(store, tmp_path):
+    ckpt = layout.checkpoint_dir("t_0", 1)
+    store.storage.write_bytes(f"{ckpt}/state.json", b"{}")
+    store.storage.write_bytes(layout.trial_file("t_0"), V1_TRIAL.encode())
+    with pytest.raises(IncompleteCheckpointError, match="no manifest"):
+        Checkpoint._committed_in(store.storage.spec.child(ckpt)).to_directory(str(tmp_path / "o"))
 
 
 def test_trial_run_keeps_num_to_keep_best_checkpoints(store):
@@ -420,3 +516,67 @@ def test_a_trial_whose_experiment_was_taken_over_commits_no_further_checkpoint(s
     assert stored is not None and stored.status is TrialStatus.RUNNING  # B's to resume
     assert [c.training_iteration for c in stored.checkpoints] == [1, 2]
     assert stored.last_result is not None and stored.last_result["training_iteration"] == 2
+
+
+@pytest.mark.parametrize("window_s", [0.0, 3600.0])
+def test_the_lease_is_read_again_after_an_upload_that_outlasts_the_fence_window(
+    store, tmp_path, window_s
+):
+    # The lease is read while a checkpoint uploads. Here driver B takes the experiment over
+    # right after that read: an upload longer than the window (0 s: any upload) has the lease
+    # read again before the commit point, which B's lease then stops. Within the window the
+    # first read stands and the checkpoint commits; B starts no trial for a whole fence
+    # interval, twice the window.
+    from prefect_tune.engine._trial_run import ExperimentFence
+    from prefect_tune.session import Decision, TrialContext, TrialSession, TrialStopped
+    from prefect_tune.state._lease import Lease
+
+    def hold_lease(owner: str) -> None:
+        lease = Lease(owner=owner, host="another-host", pid=1)
+        store.storage.write_bytes(layout.LEASE_FILE, lease.model_dump_json().encode())
+
+    hold_lease("driver-a")
+    trial = a_trial().model_copy(update={"attempts": [AttemptRecord(attempt=1)]})
+    store.write_trial(trial)
+    fence = ExperimentFence(store.storage, "driver-a", 3600.0)
+    reads: list[Decision] = []
+
+    def read_then_lose_the_lease() -> Decision:
+        reads.append(fence.check())
+        if len(reads) == 1:
+            hold_lease("driver-b")
+        return reads[-1]
+
+    session = TrialSession(
+        store,
+        trial,
+        TrialContext(
+            trial_id=trial.trial_id,
+            trial_name="t",
+            experiment_name="exp",
+            trial_dir=store.storage.uri(layout.trial_dir(trial.dir_name)),
+            trial_index=0,
+            attempt=1,
+        ),
+        metric="loss",
+        checkpoint_config=CheckpointConfig(),
+    )
+    session.fence = read_then_lose_the_lease
+    session.fence_window_s = window_s
+    checkpoint = Checkpoint.from_directory(make_checkpoint_dir(tmp_path, 1))
+    try:
+        if window_s == 0.0:
+            with pytest.raises(TrialStopped):
+                session.report({"loss": 1.0}, checkpoint=checkpoint)
+        else:
+            session.report({"loss": 1.0}, checkpoint=checkpoint)
+    finally:
+        session.close()
+    stored = store.read_trial(trial.dir_name)
+    assert stored is not None
+    if window_s == 0.0:
+        assert reads == [Decision.CONTINUE, Decision.ABANDON]
+        assert stored.checkpoints == []
+    else:
+        assert reads == [Decision.CONTINUE]
+        assert [c.training_iteration for c in stored.checkpoints] == [1]

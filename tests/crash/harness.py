@@ -34,7 +34,6 @@ REPO_ROOT = str(Path(__file__).resolve().parents[2])
 #: (what, seconds, details) of each crash test, printed at the end of the session.
 TIMINGS: list[tuple[str, float, str]] = []
 TRIALS = "trials/"
-MANIFEST = ".prefect_tune_manifest.json"
 STATE = "experiment_state.json"
 
 # -- storage, seen from the test process ---------------------------------------------------------
@@ -163,8 +162,18 @@ class Observed:
         return out
 
     def partial_checkpoints(self) -> dict[str, dict[str, Any]]:
-        """Checkpoint directories with files but no manifest: uploads not (yet) committed."""
-        return {d: f for d, f in self.checkpoint_dirs().items() if MANIFEST not in f}
+        """Checkpoint directories their trial's ``trial.json`` does not list: uploads not (yet)
+        committed."""
+        listed: dict[str, set[str]] = {}
+        out: dict[str, dict[str, Any]] = {}
+        for d, files in self.checkpoint_dirs().items():
+            _, trial_dir, name = d.split("/")
+            if trial_dir not in listed:
+                trial = self.trial(trial_dir)
+                listed[trial_dir] = {c["dir_name"] for c in (trial or {}).get("checkpoints", [])}
+            if name not in listed[trial_dir]:
+                out[d] = files
+        return out
 
 
 # -- processes -----------------------------------------------------------------------------------
@@ -378,7 +387,7 @@ class TrialStarted(KillPoint):
 
 
 class MidCheckpoint(KillPoint):
-    """A checkpoint upload is under way: files are stored but not yet its manifest."""
+    """A checkpoint upload is under way: files are stored that no ``trial.json`` lists yet."""
 
     name = "mid-checkpoint-upload"
 
