@@ -10,6 +10,12 @@ the same deletions, as Dask tasks on the same workers with the same concurrency)
 - commit MiB/s: checkpoint bytes / total time inside ``report()`` calls with a checkpoint
   (floor: inside ``put`` + ``rm``), summed over trials;
 - wall MiB/s: checkpoint bytes / ``fit()`` wall (floor: ``client.map`` wall).
+
+A third system, "floor in a trial", makes the floor's raw ``put`` + ``rm`` calls from inside a
+prefect-tune trial instead of ``report(checkpoint=...)``: the same environment (a Prefect task
+run on the same workers, with the Prefect server and the driver sharing the machine's cores) and
+none of the commit's own work. Its ratio to the floor is what that environment costs; the ratio
+of prefect-tune to it is what the commit itself costs.
 """
 
 from __future__ import annotations
@@ -22,11 +28,12 @@ from typing import Any
 
 import prefect_tune as tune
 from bench import floor
-from bench._common import Recorder
+from bench._common import PREFECT_TUNE, Recorder
 from bench._payload import write_checkpoint_dir
 from bench.sizes import MIB
 
 NAME = "W3"
+IN_TRIAL = "floor in a trial (raw put from the trainable)"
 TITLE = "checkpoints on local disk"
 
 
@@ -49,6 +56,19 @@ def trainable(config: dict[str, Any]) -> None:
     tune.report({"score": float(checkpoints), "commit_s": commit_s})
 
 
+def raw_put_trainable(config: dict[str, Any], options: dict[str, Any]) -> None:
+    """W3's trainable with the floor's raw fsspec calls in place of ``report(checkpoint=...)``."""
+    out = floor.put_checkpoints(
+        tune.get_context().get_trial_dir(),
+        options,
+        0,
+        int(config["checkpoints"]),
+        int(config["size"]),
+        int(config["num_to_keep"]),
+    )
+    tune.report({"score": float(config["checkpoints"]), "commit_s": out["put_s"]})
+
+
 def run_checkpoints(
     ctx: Any,
     size: dict[str, Any],
@@ -63,6 +83,27 @@ def run_checkpoints(
     trials, checkpoints = int(size["trials"]), int(size["checkpoints"])
     nbytes, keep = int(size["mib"]) * MIB, int(size["num_to_keep"])
     total_mib = trials * checkpoints * nbytes / MIB
+
+    def record(system: str, commit_s: float, wall_s: float | None) -> None:
+        rec.add(
+            workload,
+            "commit MiB/s (time in report)",
+            total_mib / commit_s,
+            unit="MiB/s",
+            better="higher",
+            system=system,
+        )
+        if wall_s is not None:
+            rec.add(
+                workload,
+                "wall MiB/s (fit wall)",
+                total_mib / wall_s,
+                unit="MiB/s",
+                better="higher",
+                system=system,
+            )
+            rec.add(workload, "wall time", wall_s, unit="s", better="lower", system=system)
+
     ctx.warm_up()
     for rep in range(ctx.repeat):
         root = new_root(f"{workload.lower()}-{rep}")
@@ -83,21 +124,7 @@ def run_checkpoints(
         for result in timing.results:
             kept = [m["training_iteration"] for _, m in result.best_checkpoints]
             assert kept == list(range(checkpoints - keep + 1, checkpoints + 1)), kept
-        rec.add(
-            workload,
-            "commit MiB/s (time in report)",
-            total_mib / commit,
-            unit="MiB/s",
-            better="higher",
-        )
-        rec.add(
-            workload,
-            "wall MiB/s (fit wall)",
-            total_mib / timing.wall_s,
-            unit="MiB/s",
-            better="higher",
-        )
-        rec.add(workload, "wall time", timing.wall_s, unit="s", better="lower")
+        record(PREFECT_TUNE, commit, timing.wall_s)
         print(
             f"  {workload} rep {rep + 1}: {total_mib:.0f} MiB in {timing.wall_s:.2f} s "
             f"({commit:.2f} s in report)",
@@ -112,6 +139,31 @@ def run_checkpoints(
     )
     if not ctx.floor:
         return
+    for rep in range(ctx.repeat):
+        root = new_root(f"{workload.lower()}-raw-{rep}")
+        tuner = tune.Tuner(
+            tune.with_parameters(raw_put_trainable, options=options),
+            param_space={
+                "x": tune.uniform(0.0, 1.0),
+                "size": nbytes,
+                "checkpoints": checkpoints,
+                "num_to_keep": keep,
+            },
+            tune_config=tune.TuneConfig(metric="score", mode="max", num_samples=trials, seed=0),
+            run_config=tune.RunConfig(
+                name="exp", storage_path=root, storage_options=options or None
+            ),
+            task_runner=ctx.task_runner(),
+        )
+        timing = ctx.fit(tuner, f"{workload}-raw-rep{rep}")
+        record(IN_TRIAL, sum(r.metrics["commit_s"] for r in timing.results), None)
+        floor.remove_tree(root, options)
+    rec.note(
+        workload,
+        f"'{IN_TRIAL}': the floor's put + rm made by the trainable of a prefect-tune trial, "
+        "which reports no checkpoint; same trials, workers and Prefect server as prefect-tune's "
+        "runs.",
+    )
     client = ctx.dask_client()
     for rep in range(ctx.repeat):
         root = new_root(f"{workload.lower()}-floor-{rep}")
@@ -124,25 +176,7 @@ def run_checkpoints(
                 for i in range(trials)
             ]
         )
-        wall = time.perf_counter() - start
-        spent = sum(o["put_s"] for o in outs)
-        rec.add(
-            workload,
-            "commit MiB/s (time in report)",
-            total_mib / spent,
-            unit="MiB/s",
-            better="higher",
-            system=floor_name,
-        )
-        rec.add(
-            workload,
-            "wall MiB/s (fit wall)",
-            total_mib / wall,
-            unit="MiB/s",
-            better="higher",
-            system=floor_name,
-        )
-        rec.add(workload, "wall time", wall, unit="s", better="lower", system=floor_name)
+        record(floor_name, sum(o["put_s"] for o in outs), time.perf_counter() - start)
         floor.remove_tree(root, options)
 
 

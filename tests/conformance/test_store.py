@@ -119,6 +119,21 @@ def make_checkpoint_dir(tmp_path, step: int) -> str:
     return str(d)
 
 
+def run_in(store: ExperimentStore, trial: TrialState, trainable, **request):
+    """One task run of ``trial`` (optimising "loss"), as a Dask worker runs it."""
+    return run_trial(
+        TrialRequest(
+            experiment=store.storage.spec,
+            experiment_name="exp",
+            trial=trial,
+            trial_name="t",
+            trainable=trainable,
+            metric="loss",
+            **request,
+        )
+    )
+
+
 def test_definition_and_state_round_trip(store):
     assert not store.exists()
     with pytest.raises(ExperimentNotFoundError):
@@ -415,16 +430,7 @@ def test_a_trial_state_of_schema_version_1_resumes_from_its_manifest_committed_c
     )
     assert json.loads(pathlib.Path(out, "state.json").read_text())["step"] == 2
 
-    outcome = run_trial(
-        TrialRequest(
-            experiment=store.storage.spec,
-            experiment_name="exp",
-            trial=old,
-            trial_name="t",
-            trainable=trainables.quadratic,
-            metric="loss",
-        )
-    )
+    outcome = run_in(store, old, trainables.quadratic)
     final = outcome.trial
     assert final.status is TrialStatus.TERMINATED
     assert final.attempts[-1].start_iteration == 2  # resumed from the v1 checkpoint
@@ -449,18 +455,13 @@ def test_a_checkpoint_of_schema_version_1_without_its_manifest_was_never_committ
 def test_trial_run_keeps_num_to_keep_best_checkpoints(store):
     store.write_definition(a_definition())
     trial = a_trial().model_copy(update={"config": {"x": 5.0, "steps": 5}})
-    outcome = run_trial(
-        TrialRequest(
-            experiment=store.storage.spec,
-            experiment_name="exp",
-            trial=trial,
-            trial_name="t",
-            trainable=trainables.quadratic,
-            metric="loss",
-            checkpoint_config=CheckpointConfig(
-                num_to_keep=2, checkpoint_score_attribute="loss", checkpoint_score_order="min"
-            ),
-        )
+    outcome = run_in(
+        store,
+        trial,
+        trainables.quadratic,
+        checkpoint_config=CheckpointConfig(
+            num_to_keep=2, checkpoint_score_attribute="loss", checkpoint_score_order="min"
+        ),
     )
     final = outcome.trial
     assert final.status is TrialStatus.TERMINATED
@@ -499,18 +500,7 @@ def test_a_trial_whose_experiment_was_taken_over_commits_no_further_checkpoint(s
                 checkpoint=Checkpoint.from_directory(make_checkpoint_dir(tmp_path, step)),
             )
 
-    outcome = run_trial(
-        TrialRequest(
-            experiment=store.storage.spec,
-            experiment_name="exp",
-            trial=a_trial(),
-            trial_name="t",
-            trainable=trainable,
-            metric="loss",
-            lease_owner="driver-a",
-            fence_interval_s=3600.0,
-        )
-    )
+    outcome = run_in(store, a_trial(), trainable, lease_owner="driver-a", fence_interval_s=3600.0)
     assert outcome.decision is Decision.ABANDON
     stored = store.read_trial(a_trial().dir_name)
     assert stored is not None and stored.status is TrialStatus.RUNNING  # B's to resume
