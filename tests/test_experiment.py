@@ -314,3 +314,27 @@ def test_with_parameters_binds_data(prefect_api, runner, tmp_path):
     ).fit()
     assert sorted(r.metrics["loss"] for r in results) == [6.0, 12.0]
     assert all(r.path.split("/")[-1].startswith("uses_bound_data_") for r in results)
+
+
+def test_the_driver_keeps_only_a_few_of_the_messages_it_sent_to_dask(runner):
+    # Dask keeps the last 1 000 message batches a client sent, for debugging: with each trial's
+    # request in one, they were most of the driver's memory in a large experiment.
+    from prefect import flow
+
+    from prefect_tune.prefect._executor import MESSAGE_LOG_LENGTH, PrefectTaskExecutor
+
+    @flow
+    def send_many() -> tuple[int | None, int]:
+        executor = PrefectTaskExecutor("exp", runner)
+        executor.start()
+        try:
+            client = executor._client
+            for i in range(3 * MESSAGE_LOG_LENGTH):
+                assert client.submit(abs, -i, pure=False).result() == i
+            log = client.scheduler_comm.recent_message_log
+            return log.maxlen, len(log)
+        finally:
+            executor.close()
+
+    maxlen, kept = send_many()
+    assert maxlen == MESSAGE_LOG_LENGTH and 0 < kept <= MESSAGE_LOG_LENGTH

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
+from collections import deque
 from typing import Any
 
 from prefect.client.orchestration import get_client
@@ -35,6 +36,26 @@ def _mark_crashed(error: WorkerLostError) -> None:
             )
     except Exception as exc:  # bookkeeping only
         logger.warning("Could not mark task run %s crashed: %s", error.task_run_id, exc)
+
+
+#: Batches of messages to the scheduler that this driver's Dask client keeps for debugging.
+MESSAGE_LOG_LENGTH = 16
+
+
+def _shorten_message_log(client: Any) -> None:
+    """Keeps only the last `MESSAGE_LOG_LENGTH` batches in the client's log of the messages it
+    sent the scheduler.
+
+    Dask keeps the last ``distributed.admin.low-level-log-length`` (1000) batches it sent, for
+    debugging only: every trial's pickled request stays in it (a KiB or more each) long after
+    the trial ended, most of the driver's memory in a large experiment. Only this client's log
+    is shortened, not the scheduler's or the workers' logs. A client that reconnects makes a
+    new log of the configured length.
+    """
+    comm = getattr(client, "scheduler_comm", None)
+    log = getattr(comm, "recent_message_log", None)
+    if isinstance(log, deque) and (log.maxlen is None or log.maxlen > MESSAGE_LOG_LENGTH):
+        comm.recent_message_log = deque(log, maxlen=MESSAGE_LOG_LENGTH)  # type: ignore[union-attr]
 
 
 class PrefectTaskExecutor(QueueingExecutor):
@@ -68,6 +89,7 @@ class PrefectTaskExecutor(QueueingExecutor):
         self._runner = runner
         if isinstance(runner, DaskTaskRunner):
             self._client = runner.client  # starts the local cluster, or connects
+            _shorten_message_log(self._client)
             self._context = WorkerContext.capture(self.experiment_name, self.tags)
 
     def close(self) -> None:

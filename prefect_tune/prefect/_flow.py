@@ -141,7 +141,7 @@ def run_experiment_flow(
         TrialsErroredError: trials ended in ERROR after the last retry.
     """
 
-    def experiment() -> list[PackedSummary]:
+    def experiment() -> _Trials:
         context = FlowRunContext.get()
         flow_run = context.flow_run if context is not None else None
         record = FlowRunRecord(
@@ -165,11 +165,11 @@ def run_experiment_flow(
                 f"{len(errored)} of {len(trials)} trials of experiment {name!r} errored "
                 f"({listing}). The experiment is stored: a retry or a new run resumes them."
             )
-        return trials
+        return _Trials(trials)
 
     experiment.__name__ = "tune_experiment"
     experiment.__qualname__ = "tune_experiment"
-    flow: Flow[[], list[PackedSummary]] = Flow(
+    flow: Flow[[], _Trials] = Flow(
         fn=experiment,
         name=name,
         flow_run_name=name,
@@ -182,7 +182,18 @@ def run_experiment_flow(
         persist_result=False,
         description=f"prefect-tune experiment {name!r}",
     )
-    return flow()
+    return flow().trials
+
+
+class _Trials:
+    """The experiment flow's return value: its trials in one object, not a list, so that Prefect
+    links one result to the flow run's state instead of one per trial (it keeps a record of each
+    item of a returned list, about 130 bytes a trial, for as long as the flow run's context)."""
+
+    __slots__ = ("trials",)
+
+    def __init__(self, trials: list[PackedSummary]):
+        self.trials = trials
 
 
 __all__ = ["DriverRecords", "mark_taken_over", "run_experiment_flow"]

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -59,6 +59,20 @@ _SLOW_READ_S = 0.002
 _READ_THREADS = 16
 _TRIALS_OPEN = b'"trials":['
 _TRIALS_CLOSE = b"\n]}"
+
+
+def _snapshot_chunks(header: bytes, rows: Iterable[bytes]) -> Iterator[bytes]:
+    """The snapshot's bytes, a piece at a time: the header is a JSON object; the trials are its
+    last member, one a line. The rows are the packed summaries' own bytes, never copied."""
+    yield header[:-1]
+    yield b"," + _TRIALS_OPEN + b"\n"
+    first = True
+    for row in rows:
+        if not first:
+            yield b",\n"
+        first = False
+        yield row
+    yield _TRIALS_CLOSE if not first else _TRIALS_CLOSE[1:]
 
 
 class ExperimentStore:
@@ -118,21 +132,14 @@ class ExperimentStore:
                 empty), already packed, in index order: the driver keeps its trials packed.
         """
         if trials is None:
-            rows = [PackedSummary.of(t).data for t in state.trials]
+            rows: Iterable[bytes] = [PackedSummary.of(t).data for t in state.trials]
         elif state.trials:
             raise ValueError("write_state: give the trials in state.trials or in trials, not both")
         else:
-            rows = [t.data for t in trials]
+            rows = (t.data for t in trials)
         state.updated_at = time.time()
         header = state.model_dump_json(exclude={"trials"}).encode()
-        # The header is a JSON object; the trials are its last member, one a line.
-        parts = [header[:-1], b",", _TRIALS_OPEN, b"\n"]
-        for row in rows:
-            parts += [row, b",\n"]
-        if rows:
-            parts[-1] = b"\n"
-        parts.append(_TRIALS_CLOSE[1:])
-        self.storage.write_bytes(layout.EXPERIMENT_STATE_FILE, b"".join(parts))
+        self.storage.write_chunks(layout.EXPERIMENT_STATE_FILE, _snapshot_chunks(header, rows))
 
     @property
     def _state_uri(self) -> str:
