@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from prefect_tune.exceptions import ExperimentNotFoundError, IncompleteCheckpointError, StateError
+from prefect_tune.exceptions import ExperimentNotFoundError, StateError
 from prefect_tune.state._models import (
     CheckpointRecord,
     ExperimentDefinition,
@@ -44,7 +44,6 @@ from prefect_tune.storage import Storage, layout
 class UploadedFiles:
     """The files of a checkpoint, uploaded and not yet committed."""
 
-    index: int
     dir_name: str  # the checkpoint's directory, below its trial's
     files: dict[str, int]  # relative path -> size in bytes
 
@@ -340,21 +339,7 @@ class ExperimentStore:
         self.storage.put_files(
             (os.path.join(local_dir, *rel.split("/")), f"{target}/{rel}") for rel in files
         )
-        return UploadedFiles(index, layout.checkpoint_name(index), files)
-
-    def read_manifest(self, checkpoint_rel: str) -> dict[str, int]:
-        """The files a version 1 checkpoint's manifest lists; IncompleteCheckpointError if it
-        has none (it never committed)."""
-        try:
-            manifest = self.storage.read_json(layout.manifest_file(checkpoint_rel))
-        except FileNotFoundError as exc:
-            raise IncompleteCheckpointError(
-                f"{self.storage.uri(checkpoint_rel)} has no manifest: it was never committed."
-            ) from exc
-        files = manifest.get("files")
-        if not isinstance(files, dict):
-            raise StateError(f"The manifest of {self.storage.uri(checkpoint_rel)} is damaged.")
-        return {str(k): int(v) for k, v in files.items()}
+        return UploadedFiles(layout.checkpoint_name(index), files)
 
     def delete_checkpoints(self, dir_name: str, records: Iterable[CheckpointRecord]) -> None:
         for record in records:
