@@ -104,8 +104,18 @@ def run_checkpoints(
             )
             rec.add(workload, "wall time", wall_s, unit="s", better="lower", system=system)
 
-    ctx.warm_up()
-    for rep in range(ctx.repeat):
+    def record_cpu(system: str, timing: Any) -> None:
+        for role, seconds in timing.cpu_during_s.items():
+            rec.add(
+                workload,
+                f"CPU during fit(): {role}",
+                seconds,
+                unit="s",
+                better="lower",
+                system=system,
+            )
+
+    def tune_run(rep: int) -> None:
         root = new_root(f"{workload.lower()}-{rep}")
         tuner = tune.Tuner(
             trainable,
@@ -125,21 +135,15 @@ def run_checkpoints(
             kept = [m["training_iteration"] for _, m in result.best_checkpoints]
             assert kept == list(range(checkpoints - keep + 1, checkpoints + 1)), kept
         record(PREFECT_TUNE, commit, timing.wall_s)
+        record_cpu(PREFECT_TUNE, timing)
         print(
             f"  {workload} rep {rep + 1}: {total_mib:.0f} MiB in {timing.wall_s:.2f} s "
             f"({commit:.2f} s in report)",
             flush=True,
         )
         floor.remove_tree(root, options)
-    rec.note(
-        workload,
-        f"{trials} trials x {checkpoints} checkpoints x {size['mib']} MiB = {total_mib:.0f} MiB "
-        f"per run, num_to_keep={keep}; 'time in report' sums over trials running "
-        f"{ctx.concurrency} at a time (the floor likewise).",
-    )
-    if not ctx.floor:
-        return
-    for rep in range(ctx.repeat):
+
+    def in_trial_run(rep: int) -> None:
         root = new_root(f"{workload.lower()}-raw-{rep}")
         tuner = tune.Tuner(
             tune.with_parameters(raw_put_trainable, options=options),
@@ -157,16 +161,13 @@ def run_checkpoints(
         )
         timing = ctx.fit(tuner, f"{workload}-raw-rep{rep}")
         record(IN_TRIAL, sum(r.metrics["commit_s"] for r in timing.results), None)
+        record_cpu(IN_TRIAL, timing)
         floor.remove_tree(root, options)
-    rec.note(
-        workload,
-        f"'{IN_TRIAL}': the floor's put + rm made by the trainable of a prefect-tune trial, "
-        "which reports no checkpoint; same trials, workers and Prefect server as prefect-tune's "
-        "runs.",
-    )
-    client = ctx.dask_client()
-    for rep in range(ctx.repeat):
+
+    def floor_run(rep: int) -> None:
+        client = ctx.dask_client()
         root = new_root(f"{workload.lower()}-floor-{rep}")
+        ctx.settle_server()
         start = time.perf_counter()
         outs = client.gather(
             [
@@ -178,6 +179,28 @@ def run_checkpoints(
         )
         record(floor_name, sum(o["put_s"] for o in outs), time.perf_counter() - start)
         floor.remove_tree(root, options)
+
+    ctx.warm_up()
+    systems = [tune_run, in_trial_run, floor_run] if ctx.floor else [tune_run]
+    for rep in range(ctx.repeat):
+        # Interleaved, first system rotating: what the machine does between runs (writeback
+        # of earlier workloads' files, a server catching up) falls on each system alike.
+        for i in range(len(systems)):
+            systems[(rep + i) % len(systems)](rep)
+    rec.note(
+        workload,
+        f"{trials} trials x {checkpoints} checkpoints x {size['mib']} MiB = {total_mib:.0f} MiB "
+        f"per run, num_to_keep={keep}; 'time in report' sums over trials running "
+        f"{ctx.concurrency} at a time (the floor likewise). The systems' runs are interleaved, "
+        "the first of each round rotating.",
+    )
+    if ctx.floor:
+        rec.note(
+            workload,
+            f"'{IN_TRIAL}': the floor's put + rm made by the trainable of a prefect-tune trial, "
+            "which reports no checkpoint; same trials, workers and Prefect server as "
+            "prefect-tune's runs.",
+        )
 
 
 def run(ctx: Any, size: dict[str, Any], rec: Recorder) -> None:
