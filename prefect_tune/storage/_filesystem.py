@@ -1,16 +1,22 @@
 """`Storage`: every byte prefect-tune reads or writes under a ``storage_path`` goes through here.
 
 One code path serves the local disk, an NFS mount, S3, GCS and any other fsspec filesystem. The
-differences between them are capability flags (``atomic_rename``), never branches on the scheme.
+differences between them are capability flags (``atomic_rename``, ``local_files``,
+``directories_are_prefixes``), never branches on the scheme.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import inspect
 import json
 import os
 import posixpath
+import re
+import shutil
+import sys
 import threading
 import uuid
 from collections.abc import Iterable
@@ -109,6 +115,11 @@ class Storage:
         self.atomic_rename = isinstance(self.fs, LocalFileSystem)
         #: Whether a file is visible to readers while it is being written.
         self.writes_visible_early = isinstance(self.fs, LocalFileSystem)
+        #: Whether paths are files of this machine (local disk, NFS): copied by `copy_file`.
+        self.local_files = isinstance(self.fs, LocalFileSystem)
+        #: Whether a directory is only the common prefix of its files' keys (S3, GCS, Azure):
+        #: it vanishes with its last file, and deleting its files by name deletes it.
+        self.directories_are_prefixes = type(self.fs).__module__.split(".")[0] in PREFIX_STORES
         #: s3fs asks for an object's size (a HEAD) before each whole-object read, to split big
         #: ones into ranges read at once; the files read whole here are small, so one GET.
         self._read_kwargs = _single_request_read(self.fs)
@@ -246,6 +257,26 @@ class Storage:
             with contextlib.suppress(FileNotFoundError):
                 self.fs.rm(path, recursive=True)
 
+    def delete_files(self, rels: Iterable[str]) -> None:
+        """Deletes the files named; a missing one is not an error. Nothing is listed: on S3 or GCS
+        this is one batch request (per 1 000 files on S3), where `delete` of their directory
+        lists it first."""
+        rels = list(rels)
+        if not rels:
+            return
+        paths = [self.full_path(rel) for rel in rels]
+        with translated(self.uri(rels[0])):
+            if self.local_files or any(_GLOB_CHARACTERS.search(p) for p in paths):
+                # fsspec would read a name with glob characters as a pattern: one at a time
+                for path in paths:
+                    with contextlib.suppress(FileNotFoundError):
+                        self.fs.rm_file(path)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    self.fs.rm(paths)
+            for path in paths:
+                self.fs.invalidate_cache(path)
+
     # -- bulk transfer ---------------------------------------------------------------------------
 
     def put_files(self, pairs: Iterable[tuple[str, str]]) -> None:
@@ -256,10 +287,13 @@ class Storage:
         sources = [local for local, _ in pairs]
         targets = [self.full_path(rel) for _, rel in pairs]
         with translated(self.uri(pairs[0][1])):
-            if self.atomic_rename:
-                for target in {posixpath.dirname(t) for t in targets}:
-                    os.makedirs(target, exist_ok=True)
-            self.fs.put(sources, targets)
+            if not self.local_files:
+                self.fs.put(sources, targets)
+                return
+            for parent in {posixpath.dirname(t) for t in targets}:
+                os.makedirs(parent, exist_ok=True)
+            for source, target in zip(sources, targets, strict=True):
+                copy_file(source, target)
 
     def get_files(self, pairs: Iterable[tuple[str, str]]) -> None:
         """Downloads files: each pair is ``(relative source, local destination)``."""
@@ -269,7 +303,72 @@ class Storage:
         for _, local in pairs:
             os.makedirs(os.path.dirname(local) or ".", exist_ok=True)
         with translated(self.uri(pairs[0][0])):
-            self.fs.get([self.full_path(rel) for rel, _ in pairs], [local for _, local in pairs])
+            if not self.local_files:
+                self.fs.get(
+                    [self.full_path(rel) for rel, _ in pairs], [local for _, local in pairs]
+                )
+                return
+            for rel, local in pairs:
+                copy_file(self.full_path(rel), local)
+
+
+#: The fsspec drivers whose directories are key prefixes (see `Storage.directories_are_prefixes`).
+PREFIX_STORES = frozenset({"s3fs", "gcsfs", "adlfs"})
+
+_GLOB_CHARACTERS = re.compile(r"[*?\[]")
+
+#: Files at least this big get their space reserved before they are copied.
+PREALLOCATE_MIN_BYTES = 1 << 20
+
+
+def _find_fallocate() -> Any:
+    """Linux's ``fallocate(2)`` (not glibc's ``posix_fallocate``, which emulates it by writing
+    zeros where the filesystem cannot reserve space), or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        function = getattr(libc, "fallocate64", None) or libc.fallocate
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    function.restype = ctypes.c_int
+    return function
+
+
+_fallocate = _find_fallocate()
+
+
+def copy_file(source: str, target: str) -> None:
+    """Copies a local file as ``shutil.copyfile`` does, reserving the target's space first.
+
+    On Linux a file of `PREALLOCATE_MIN_BYTES` or more gets its whole size reserved with
+    ``fallocate(2)`` and is copied by the kernel (``sendfile``). On ext4 this makes a 16 MiB copy
+    ~20 % faster than writing into a file that grows with each write. Where the filesystem
+    cannot reserve space the copy goes on without; elsewhere than Linux it is
+    ``shutil.copyfile``.
+    """
+    if _fallocate is None:
+        shutil.copyfile(source, target)
+        return
+    with open(source, "rb") as src, open(target, "wb") as dst:
+        size = os.fstat(src.fileno()).st_size
+        reserved = size >= PREALLOCATE_MIN_BYTES and _fallocate(dst.fileno(), 0, 0, size) == 0
+        copied = 0
+        try:
+            while True:
+                sent = os.sendfile(dst.fileno(), src.fileno(), copied, max(size - copied, 1 << 20))
+                if sent == 0:
+                    break
+                copied += sent
+        except OSError as exc:
+            if copied or exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                raise
+            src.seek(0)
+            shutil.copyfileobj(src, dst, 1 << 20)
+            copied = dst.tell()
+        if reserved and copied < size:  # the source shrank: no reserved zeros at the end
+            dst.truncate(copied)
 
 
 def _single_request_read(fs: fsspec.AbstractFileSystem) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from prefect_tune.exceptions import (
     UnknownStorageSchemeError,
 )
 from prefect_tune.storage import Storage, StorageSpec, normalize_url, redact
+from prefect_tune.storage._filesystem import PREALLOCATE_MIN_BYTES, copy_file
 from tests._s3auth import create_access_key, moto_checks_credentials
 from tests.conftest import BACKENDS
 
@@ -153,6 +154,19 @@ def test_delete_a_file_a_tree_and_nothing(storage_spec: StorageSpec) -> None:
     assert storage.read_bytes("e.bin") == b"\x00" * 1000
 
 
+def test_delete_files_deletes_what_it_names_and_only_that(storage_spec: StorageSpec) -> None:
+    storage = storage_spec.open()
+    names = ["ckpt/model.bin", "ckpt/weights [1].pt", "ckpt/sub/opt*.pt", "ckpt/kept.txt"]
+    for name in names:
+        storage.write_bytes(name, name.encode())
+
+    storage.delete_files(["ckpt/model.bin", "ckpt/weights [1].pt", "ckpt/sub/opt*.pt", "ckpt/gone"])
+
+    assert storage.walk_files("ckpt") == {"kept.txt": len(b"ckpt/kept.txt")}
+    storage.delete_files([])
+    storage.delete_files(["ckpt/model.bin"])  # already gone
+
+
 # -- atomic overwrite ---------------------------------------------------------------------------
 
 
@@ -251,6 +265,23 @@ def test_a_5_mib_file_round_trip(storage_spec: StorageSpec, tmp_path: Path) -> N
     storage.get_files([("big/put.bin", str(tmp_path / "back.bin"))])
     assert (tmp_path / "back.bin").read_bytes() == big
     assert storage.walk_files("big") == {"written.bin": len(big), "put.bin": len(big)}
+
+
+@pytest.mark.parametrize(
+    "size", [0, 1, PREALLOCATE_MIN_BYTES - 1, PREALLOCATE_MIN_BYTES, 5 * 2**20 + 7]
+)
+def test_a_local_copy_is_exact_whatever_the_target_held_before(tmp_path: Path, size: int) -> None:
+    # Files of PREALLOCATE_MIN_BYTES or more have their space reserved before the copy: the
+    # copy must still end exactly where the source does, also over a bigger file.
+    source = tmp_path / "source.bin"
+    data = _random_bytes(size) if size else b""
+    source.write_bytes(data)
+    target = tmp_path / "target.bin"
+    target.write_bytes(_random_bytes(6 * 2**20))
+
+    copy_file(str(source), str(target))
+
+    assert target.read_bytes() == data
 
 
 # -- opening and naming -------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """Storage writes that fail half-way through a checkpoint upload, inside a worker process.
 
-Importing this module wraps the file-upload primitive of fsspec's local filesystem
-(``LocalFileSystem.put_file``) and of s3fs (``S3FileSystem._put_file``) in the importing
-process. Nothing changes until a trainable calls :func:`arm`: then the upload of a file whose
+Importing this module wraps the file-upload primitive of local storage (prefect-tune's own
+``copy_file``: its local disk and NFS uploads do not go through fsspec) and of s3fs
+(``S3FileSystem._put_file``) in the importing process. Nothing changes until a trainable calls :func:`arm`: then the upload of a file whose
 destination contains the armed marker, once ``after_files`` such files have gone through, writes
 the first half of its bytes to the destination and raises ``OSError(EIO)`` — what a full disk or
 a connection dropped mid-transfer gives. Everything before and after that one write is the
@@ -15,7 +15,7 @@ import errno
 import threading
 from typing import Any
 
-from fsspec.implementations.local import LocalFileSystem
+from prefect_tune.storage import _filesystem
 
 _lock = threading.Lock()
 # destination marker -> files that may still be uploaded before one fails
@@ -45,19 +45,19 @@ def _injected(destination: str) -> OSError:
     return OSError(errno.EIO, f"injected fault: storage write failed half-way ({destination})")
 
 
-_local_put_file = LocalFileSystem.put_file
+_copy_file = _filesystem.copy_file
 
 
-def _faulty_local_put_file(self: LocalFileSystem, path1: Any, path2: Any, *args, **kwargs):
-    if _fires(str(path2)):
-        with open(path1, "rb") as source, open(path2, "wb") as target:
-            data = source.read()
-            target.write(data[: len(data) // 2])
-        raise _injected(str(path2))
-    return _local_put_file(self, path1, path2, *args, **kwargs)
+def _faulty_copy_file(source: str, target: str) -> None:
+    if _fires(target):
+        with open(source, "rb") as src, open(target, "wb") as dst:
+            data = src.read()
+            dst.write(data[: len(data) // 2])
+        raise _injected(target)
+    _copy_file(source, target)
 
 
-LocalFileSystem.put_file = _faulty_local_put_file  # type: ignore[method-assign]
+_filesystem.copy_file = _faulty_copy_file
 
 try:
     import s3fs
