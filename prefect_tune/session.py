@@ -27,7 +27,7 @@ from typing import Any, Protocol
 from prefect_tune.checkpoint import Checkpoint
 from prefect_tune.config import CheckpointConfig
 from prefect_tune.exceptions import MetricNotReportedError, ReportError, SessionError
-from prefect_tune.state import CheckpointRecord, ExperimentStore, TrialState
+from prefect_tune.state import CarriedResults, CheckpointRecord, ExperimentStore, TrialState
 from prefect_tune.storage import layout
 
 logger = logging.getLogger("prefect_tune")
@@ -206,6 +206,10 @@ def _jsonable(key: str, value: Any) -> Any:
     )
 
 
+#: The most reported results a trial's state carries (see `TrialSession._carry`).
+CARRIED_ROWS_MAX = 16
+
+
 class TrialSession:
     """One task run of one trial, on its worker. Not thread-safe: one trainable calls it."""
 
@@ -234,6 +238,8 @@ class TrialSession:
         #: A driver that takes the experiment over starts no trial before the fence interval
         #: (plus a margin) has passed, so half of it leaves a commit time to land before.
         self.fence_window_s = 0.0
+        #: When the latest read of the lease by a commit began (``time.monotonic()``).
+        self._fence_read_at: float | None = None
         self.flush_interval = result_flush_interval_s
         attempt = trial.attempts[-1]
         self.attempt = attempt.attempt
@@ -316,14 +322,36 @@ class TrialSession:
     # -- storage ---------------------------------------------------------------------------------
 
     def flush(self, write_state: bool = False) -> None:
-        """Writes buffered result rows as a new segment (and the trial's state if asked)."""
-        if self.buffer:
+        """Writes the rows that are in no segment yet, those the trial's state carries first, as
+        a new segment (and the trial's state if asked)."""
+        carried = self._carried()
+        rows = (carried.rows if carried is not None else []) + self.buffer
+        if rows:
             self.segment += 1
-            self.store.write_results(self.trial.dir_name, self.attempt, self.segment, self.buffer)
+            self.store.write_results(self.trial.dir_name, self.attempt, self.segment, rows)
             self.buffer = []
+            if carried is not None:
+                self.trial.carried_results.remove(carried)
         self.last_flush = time.monotonic()
         if write_state:
             self.store.write_trial(self.trial)
+
+    def _carried(self) -> CarriedResults | None:
+        return next((c for c in self.trial.carried_results if c.attempt == self.attempt), None)
+
+    def _carry(self) -> bool:
+        """Moves the buffered rows into the trial's state when it would then carry no more than
+        `CARRIED_ROWS_MAX`: the commit's write of that state makes them durable, with no write
+        of their own. Returns whether it did."""
+        carried = self._carried()
+        if len(self.buffer) + (len(carried.rows) if carried is not None else 0) > CARRIED_ROWS_MAX:
+            return False
+        if carried is None:
+            carried = CarriedResults(attempt=self.attempt, segment=self.segment + 1)
+            self.trial.carried_results.append(carried)
+        carried.rows.extend(self.buffer)
+        self.buffer = []
+        return True
 
     def _commit_checkpoint(self, row: dict[str, Any], checkpoint: Checkpoint) -> None:
         score_attr = self.checkpoint_config.checkpoint_score_attribute
@@ -337,10 +365,15 @@ class TrialSession:
         index = trial.next_checkpoint_index
         row["checkpoint_dir_name"] = layout.checkpoint_name(index)
         pool = self._background()
-        # Rows up to this one must be durable before the commit point below, and the lease is
-        # read (see `fence_window_s`): both while the checkpoint uploads.
-        flushed = pool.submit(self.flush)
-        fenced = pool.submit(self._read_fence) if self.fence is not None else None
+        # Rows up to this one must be durable at the commit point below: the trial's state
+        # carries them, or they are written as a segment while the checkpoint uploads. The lease
+        # is read then too (see `fence_window_s`), unless a recent commit read it.
+        flushed = None if self._carry() else pool.submit(self.flush)
+        fenced = (
+            pool.submit(self._read_fence)
+            if self.fence is not None and not self._fence_read_within(self.fence_window_s / 2)
+            else None
+        )
         local_dir, cleanup = self._local_copy(checkpoint)
         try:
             uploaded = self.store.upload_checkpoint(trial.dir_name, index, local_dir)
@@ -351,8 +384,9 @@ class TrialSession:
         finally:
             if cleanup:
                 shutil.rmtree(local_dir, ignore_errors=True)
-        flushed.result()
-        if fenced is not None and self._fence_after_upload(*fenced.result()) is Decision.ABANDON:
+        if flushed is not None:
+            flushed.result()
+        if self._fence_at_commit(fenced) is Decision.ABANDON:
             raise TrialStopped(Decision.ABANDON)
         trial.checkpoints.append(
             CheckpointRecord(
@@ -380,18 +414,28 @@ class TrialSession:
             uploaded.files,
         )
 
-    def _read_fence(self) -> tuple[float, Decision]:
+    def _read_fence(self) -> Decision:
         assert self.fence is not None
         started = time.monotonic()
-        return started, self.fence()
+        decision = self.fence()
+        if decision is not Decision.ABANDON:
+            self._fence_read_at = max(started, self._fence_read_at or started)
+        return decision
 
-    def _fence_after_upload(self, started: float, decision: Decision) -> Decision:
-        """The lease as it was read while the checkpoint uploaded; read again when that read
-        began more than ``fence_window_s`` ago (a long upload)."""
-        if decision is Decision.ABANDON or time.monotonic() - started <= self.fence_window_s:
-            return decision
-        assert self.fence is not None
-        return self.fence()
+    def _fence_read_within(self, seconds: float) -> bool:
+        at = self._fence_read_at
+        return at is not None and time.monotonic() - at <= seconds
+
+    def _fence_at_commit(self, fenced: Future[Decision] | None) -> Decision:
+        """The lease as read while the checkpoint uploaded or by a recent commit; read again
+        when the latest read began more than ``fence_window_s`` ago (a long upload)."""
+        if self.fence is None:
+            return Decision.CONTINUE
+        if fenced is not None and fenced.result() is Decision.ABANDON:
+            return Decision.ABANDON
+        if self._fence_read_within(self.fence_window_s):
+            return Decision.CONTINUE
+        return self._read_fence()
 
     def _background(self) -> ThreadPoolExecutor:
         if self._pool is None:

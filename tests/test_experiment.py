@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 import uuid
 
 import pytest
@@ -105,17 +106,13 @@ def test_local_experiment_end_to_end(prefect_api, runner, tmp_path):
 
     async def runs():
         async with get_client() as client:
-            flow_runs = await client.read_flow_runs(
+            return await client.read_flow_runs(
                 flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=["local-exp"]))
             )
-            task_runs = await client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id={"any_": [flow_runs[0].id]}),
-                task_run_filter=TaskRunFilter(),
-            )
-            return flow_runs, task_runs
 
-    flow_runs, task_runs = asyncio.run(runs())
+    flow_runs = asyncio.run(runs())
     assert len(flow_runs) == 1 and flow_runs[0].state.is_completed()
+    task_runs = experiment_task_runs("local-exp", expected=4)
     assert len(task_runs) == 4
     for task_run in task_runs:
         assert task_run.state.is_completed()
@@ -123,7 +120,10 @@ def test_local_experiment_end_to_end(prefect_api, runner, tmp_path):
         assert "x=" in task_run.name and task_run.name.startswith("quadratic_")
 
 
-def experiment_task_runs(name: str) -> list:
+def experiment_task_runs(name: str, expected: int) -> list:
+    """The task runs of the experiment's flow runs, once the API has recorded ``expected`` of
+    them in a final state: it records task runs from their events, a moment after they ran."""
+
     async def runs():
         async with get_client() as client:
             flow_runs = await client.read_flow_runs(
@@ -134,7 +134,13 @@ def experiment_task_runs(name: str) -> list:
                 task_run_filter=TaskRunFilter(),
             )
 
-    return asyncio.run(runs())
+    deadline = time.monotonic() + 30.0
+    while True:
+        task_runs = asyncio.run(runs())
+        recorded = [t for t in task_runs if t.state is not None and t.state.is_final()]
+        if len(recorded) >= expected or time.monotonic() > deadline:
+            return task_runs
+        time.sleep(0.2)
 
 
 @pytest.mark.parametrize("tags", [("team-a", "nightly"), ()], ids=["custom", "none"])
@@ -148,7 +154,7 @@ def test_trial_tags(prefect_api, runner, tmp_path, tags):
         task_runner=runner,
     ).fit()
     assert results.num_terminated == 2
-    task_runs = experiment_task_runs(name)
+    task_runs = experiment_task_runs(name, expected=2)
     assert len(task_runs) == 2
     for task_run in task_runs:
         assert task_run.state.is_completed() and sorted(task_run.tags) == sorted(tags)

@@ -119,11 +119,16 @@ def _begin(store: ExperimentStore, request: TrialRequest, task_run_id: str | Non
                 "error": None,
                 "error_type": None,
                 "num_failures": 0,
+                "carried_results": [],
             }
         )
     else:
         # A crash mid-upload leaves a checkpoint directory its trial never committed.
         store.remove_uncommitted_checkpoints(trial)
+        # Results an interrupted attempt's state carried become the segment they were to be.
+        for carried in trial.carried_results:
+            store.write_results(trial.dir_name, carried.attempt, carried.segment, carried.rows)
+        trial.carried_results = []
     interrupted = trial.attempts[-1] if trial.attempts else None
     if interrupted is not None and interrupted.status is TrialStatus.RUNNING:
         # Its driver was killed or taken over before the attempt ended: close its record.

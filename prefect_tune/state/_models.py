@@ -31,7 +31,7 @@ SCHEMA_VERSION = 1
 #: The version of the driver's snapshot, ``experiment_state.json``.
 STATE_SCHEMA_VERSION = 2
 #: The version of a trial's state, ``trial.json``.
-TRIAL_SCHEMA_VERSION = 2
+TRIAL_SCHEMA_VERSION = 3
 
 
 class TrialStatus(str, Enum):
@@ -86,6 +86,15 @@ class AttemptRecord(_Model):
     host: str | None = None
 
 
+class CarriedResults(_Model):
+    """Reported results that a trial's state carries until they are written as a result
+    segment: a checkpoint's commit makes them durable without a write of their own."""
+
+    attempt: int
+    segment: int = Field(description="The sequence number of the segment they are to be.")
+    rows: list[dict[str, Any]] = Field(default_factory=list)
+
+
 class TrialState(_Model):
     """A trial's whole state. Its worker writes it at each start, checkpoint and end; the write
     that lists a checkpoint commits it."""
@@ -103,6 +112,10 @@ class TrialState(_Model):
     error: str | None = None
     error_type: str | None = None
     attempts: list[AttemptRecord] = Field(default_factory=list)
+    carried_results: list[CarriedResults] = Field(
+        default_factory=list,
+        description="Results not yet in a segment of results/; each attempt has one at most.",
+    )
     updated_at: float = Field(default_factory=time.time)
 
     @property
@@ -359,10 +372,15 @@ def _trial_1_to_2(raw: dict[str, Any]) -> dict[str, Any]:
     return {**raw, "schema_version": 2}
 
 
+def _trial_2_to_3(raw: dict[str, Any]) -> dict[str, Any]:
+    """Version 2 wrote every reported result to a segment: it carries none."""
+    return {**raw, "schema_version": 3}
+
+
 # model -> {schema_version: function upgrading a raw document of that version to the next one}.
 _MIGRATIONS: dict[type[_Model], dict[int, Any]] = {
     ExperimentState: {1: _state_1_to_2},
-    TrialState: {1: _trial_1_to_2},
+    TrialState: {1: _trial_1_to_2, 2: _trial_2_to_3},
 }
 
 

@@ -295,25 +295,32 @@ class ExperimentStore:
 
         An attempt that resumed from a checkpoint at iteration ``k`` supersedes every row an
         earlier attempt reported after ``k``: the history is what one uninterrupted run would
-        have reported.
+        have reported. Rows that ``trial`` carries (`CarriedResults`) count as the segment they
+        are to be, unless that segment was written (it then holds them, and maybe more).
         """
-        segments: dict[int, list[tuple[int, str]]] = {}
+        written: dict[tuple[int, int], str] = {}
         for name in self.storage.list_dir(layout.results_dir(trial.dir_name)):
             parsed = layout.parse_result_segment(name)
             if parsed is not None:
-                segments.setdefault(parsed[0], []).append((parsed[1], name))
+                written[parsed] = name
+        carried = {(c.attempt, c.segment): c.rows for c in trial.carried_results}
         start_of = {a.attempt: a.start_iteration for a in trial.attempts}
         rows: dict[int, dict[str, Any]] = {}
-        for attempt in sorted(segments):
-            start = start_of.get(attempt, 0)
-            for it in [it for it in rows if it > start]:
-                del rows[it]
-            for _, name in sorted(segments[attempt]):
-                data = self.storage.read_bytes(f"{layout.results_dir(trial.dir_name)}/{name}")
-                for line in data.decode().splitlines():
-                    if line.strip():
-                        row = json.loads(line)
-                        rows[int(row.get("training_iteration", len(rows) + 1))] = row
+        current: int | None = None
+        for attempt, seq in sorted(set(written) | set(carried)):
+            if attempt != current:
+                current = attempt
+                start = start_of.get(attempt, 0)
+                for it in [it for it in rows if it > start]:
+                    del rows[it]
+            file_name = written.get((attempt, seq))
+            if file_name is None:
+                segment = carried[(attempt, seq)]
+            else:
+                data = self.storage.read_bytes(f"{layout.results_dir(trial.dir_name)}/{file_name}")
+                segment = [json.loads(line) for line in data.decode().splitlines() if line.strip()]
+            for row in segment:
+                rows[int(row.get("training_iteration", len(rows) + 1))] = row
         return [rows[it] for it in sorted(rows)]
 
     # -- checkpoints -----------------------------------------------------------------------------
@@ -342,8 +349,20 @@ class ExperimentStore:
         return UploadedFiles(layout.checkpoint_name(index), files)
 
     def delete_checkpoints(self, dir_name: str, records: Iterable[CheckpointRecord]) -> None:
+        """Deletes checkpoints that the trial's state no longer lists.
+
+        Where directories are key prefixes (S3, GCS), the files a record lists are deleted by
+        name, in one request. Anywhere else, and for a version 1 checkpoint (its files are not
+        listed), the directory is deleted whole.
+        """
+        listed: list[str] = []
         for record in records:
-            self.storage.delete(f"{layout.trial_dir(dir_name)}/{record.dir_name}")
+            directory = f"{layout.trial_dir(dir_name)}/{record.dir_name}"
+            if record.files is None or not self.storage.directories_are_prefixes:
+                self.storage.delete(directory)
+            else:
+                listed.extend(f"{directory}/{rel}" for rel in record.files)
+        self.storage.delete_files(listed)
 
     def remove_uncommitted_checkpoints(self, trial: TrialState) -> list[str]:
         """Deletes checkpoint directories of ``trial`` that its state does not list as committed.

@@ -9,7 +9,8 @@
         trials/<trial dir>/
             trial.json                  the trial's own state, written by its worker; the
                                         write that lists a checkpoint (its files and sizes)
-                                        commits it
+                                        commits it, with the results reported since the
+                                        last segment (up to 16 rows; then it writes one)
             error.txt                   the traceback of its last failure, if any
             results/<attempt>-<seq>.jsonl   reported results, one JSON object a line
             checkpoint_000003/          a checkpoint's files

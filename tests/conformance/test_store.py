@@ -21,6 +21,7 @@ from prefect_tune.exceptions import (
     UnsupportedSchemaVersionError,
 )
 from prefect_tune.state import (
+    TRIAL_SCHEMA_VERSION,
     AttemptRecord,
     CheckpointRecord,
     ExperimentDefinition,
@@ -440,7 +441,7 @@ def test_a_trial_state_of_schema_version_1_resumes_from_its_manifest_committed_c
         "weights.bin": 1024,
     }
     raw = json.loads(store.storage.read_bytes(layout.trial_file("t_0")))
-    assert raw["schema_version"] == 2
+    assert raw["schema_version"] == TRIAL_SCHEMA_VERSION == 3
     assert store.read_trial("t_0") == final
 
 
@@ -478,8 +479,8 @@ def test_trial_run_keeps_num_to_keep_best_checkpoints(store):
 
 def test_a_trial_whose_experiment_was_taken_over_commits_no_further_checkpoint(store, tmp_path):
     # Driver A submitted the trial; before its third checkpoint, driver B takes the experiment
-    # over. The fence is read only at commits here (a long interval): the commit of step 3 is
-    # the check under test.
+    # over. With a fence interval of 0 every commit reads the lease: the commit of step 3 is the
+    # check under test.
     import prefect_tune as tune
     from prefect_tune.session import Decision
     from prefect_tune.state._lease import Lease
@@ -500,12 +501,32 @@ def test_a_trial_whose_experiment_was_taken_over_commits_no_further_checkpoint(s
                 checkpoint=Checkpoint.from_directory(make_checkpoint_dir(tmp_path, step)),
             )
 
-    outcome = run_in(store, a_trial(), trainable, lease_owner="driver-a", fence_interval_s=3600.0)
+    outcome = run_in(store, a_trial(), trainable, lease_owner="driver-a", fence_interval_s=0.0)
     assert outcome.decision is Decision.ABANDON
     stored = store.read_trial(a_trial().dir_name)
     assert stored is not None and stored.status is TrialStatus.RUNNING  # B's to resume
     assert [c.training_iteration for c in stored.checkpoints] == [1, 2]
     assert stored.last_result is not None and stored.last_result["training_iteration"] == 2
+
+
+def a_session(store: ExperimentStore, trial: TrialState):
+    """A session of ``trial``'s first attempt, as `run_trial` makes it, without a fence."""
+    from prefect_tune.session import TrialContext, TrialSession
+
+    return TrialSession(
+        store,
+        trial,
+        TrialContext(
+            trial_id=trial.trial_id,
+            trial_name="t",
+            experiment_name="exp",
+            trial_dir=store.storage.uri(layout.trial_dir(trial.dir_name)),
+            trial_index=0,
+            attempt=1,
+        ),
+        metric="loss",
+        checkpoint_config=CheckpointConfig(),
+    )
 
 
 @pytest.mark.parametrize("window_s", [0.0, 3600.0])
@@ -518,7 +539,7 @@ def test_the_lease_is_read_again_after_an_upload_that_outlasts_the_fence_window(
     # first read stands and the checkpoint commits; B starts no trial for a whole fence
     # interval, twice the window.
     from prefect_tune.engine._trial_run import ExperimentFence
-    from prefect_tune.session import Decision, TrialContext, TrialSession, TrialStopped
+    from prefect_tune.session import Decision, TrialStopped
     from prefect_tune.state._lease import Lease
 
     def hold_lease(owner: str) -> None:
@@ -537,20 +558,7 @@ def test_the_lease_is_read_again_after_an_upload_that_outlasts_the_fence_window(
             hold_lease("driver-b")
         return reads[-1]
 
-    session = TrialSession(
-        store,
-        trial,
-        TrialContext(
-            trial_id=trial.trial_id,
-            trial_name="t",
-            experiment_name="exp",
-            trial_dir=store.storage.uri(layout.trial_dir(trial.dir_name)),
-            trial_index=0,
-            attempt=1,
-        ),
-        metric="loss",
-        checkpoint_config=CheckpointConfig(),
-    )
+    session = a_session(store, trial)
     session.fence = read_then_lose_the_lease
     session.fence_window_s = window_s
     checkpoint = Checkpoint.from_directory(make_checkpoint_dir(tmp_path, 1))
@@ -570,3 +578,85 @@ def test_the_lease_is_read_again_after_an_upload_that_outlasts_the_fence_window(
     else:
         assert reads == [Decision.CONTINUE]
         assert [c.training_iteration for c in stored.checkpoints] == [1]
+
+
+@pytest.mark.parametrize("window_s", [0.0, 3600.0])
+def test_commits_within_the_fence_window_share_one_read_of_the_lease(store, tmp_path, window_s):
+    # A read of the lease that began within the window (half the fence interval) before a
+    # commit point stands for that commit: of three quick commits, only the first reads it.
+    # With a window of 0, each commit reads it while uploading and again at its commit point.
+    from prefect_tune.session import Decision
+
+    trial = a_trial().model_copy(update={"attempts": [AttemptRecord(attempt=1)]})
+    store.write_trial(trial)
+    reads: list[float] = []
+
+    def count_reads() -> Decision:
+        reads.append(0.0)
+        return Decision.CONTINUE
+
+    session = a_session(store, trial)
+    session.fence = count_reads
+    session.fence_window_s = window_s
+    try:
+        for step in (1, 2, 3):
+            checkpoint = Checkpoint.from_directory(make_checkpoint_dir(tmp_path, step))
+            session.report({"loss": 1.0 / step}, checkpoint=checkpoint)
+    finally:
+        session.close()
+    stored = store.read_trial(trial.dir_name)
+    assert stored is not None
+    assert [c.training_iteration for c in stored.checkpoints] == [1, 2, 3]
+    assert len(reads) == (6 if window_s == 0.0 else 1)
+
+
+def _report_checkpoints(session, tmp_path, steps) -> None:
+    try:
+        for step in steps:
+            checkpoint = Checkpoint.from_directory(make_checkpoint_dir(tmp_path, step))
+            session.report({"loss": 4.0 / step, "step": step}, checkpoint=checkpoint)
+    finally:
+        session.close()  # and no flush: what a kill of the worker leaves
+
+
+def test_a_commit_carries_the_results_since_the_last_segment_in_the_trial_state(store, tmp_path):
+    # Each checkpoint's commit writes the trial's state, and the rows reported since the last
+    # result segment ride in it: no segment is written. Killed there, the trial's history still
+    # has them, and its next attempt writes them as the segment they were to be.
+    store.write_definition(a_definition())
+    trial = a_trial().model_copy(update={"attempts": [AttemptRecord(attempt=1)]})
+    store.write_trial(trial)
+    _report_checkpoints(a_session(store, trial), tmp_path, (1, 2, 3))
+
+    assert store.storage.list_dir(layout.results_dir(trial.dir_name)) == []
+    stored = store.read_trial(trial.dir_name)
+    assert stored is not None
+    assert [(c.attempt, c.segment, len(c.rows)) for c in stored.carried_results] == [(1, 1, 3)]
+    assert [r["training_iteration"] for r in store.read_history(stored)] == [1, 2, 3]
+
+    final = run_in(store, stored, trainables.quadratic).trial  # x = 5: loss = 4 / step
+    assert final.status is TrialStatus.TERMINATED
+    assert final.attempts[-1].start_iteration == 3 and final.carried_results == []
+    assert store.storage.list_dir(layout.results_dir(trial.dir_name)) == [
+        "0001-000001.jsonl",
+        "0002-000001.jsonl",
+    ]
+    assert [(r["training_iteration"], r["loss"]) for r in store.read_history(final)] == [
+        (step, 4.0 / step) for step in (1, 2, 3, 4, 5)
+    ]
+
+
+def test_past_the_carried_maximum_the_commit_writes_the_results_as_a_segment(store, tmp_path):
+    from prefect_tune.session import CARRIED_ROWS_MAX
+
+    trial = a_trial().model_copy(update={"attempts": [AttemptRecord(attempt=1)]})
+    store.write_trial(trial)
+    steps = range(1, CARRIED_ROWS_MAX + 4)
+    _report_checkpoints(a_session(store, trial), tmp_path, steps)
+
+    # The commit that would have carried one row too many wrote them all as segment 1.
+    assert store.storage.list_dir(layout.results_dir(trial.dir_name)) == ["0001-000001.jsonl"]
+    stored = store.read_trial(trial.dir_name)
+    assert stored is not None
+    assert [(c.segment, len(c.rows)) for c in stored.carried_results] == [(2, 2)]
+    assert [r["training_iteration"] for r in store.read_history(stored)] == list(steps)
