@@ -313,6 +313,9 @@ class TrialSession:
             if checkpoint is not None:
                 self._commit_checkpoint(row, checkpoint)
             elif now - self.last_flush >= self.flush_interval:
+                # The trial's state is written as at a commit: only while the lease is ours.
+                if self._fence_at_commit(None) is Decision.ABANDON:
+                    raise TrialStopped(Decision.ABANDON)
                 self.flush(write_state=True)
         for control in self.controls:
             decision = control.on_result(self.trial.trial_id, row)

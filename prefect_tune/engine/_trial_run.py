@@ -235,6 +235,9 @@ def run_trial(request: TrialRequest, task_run_id: str | None = None) -> TrialOut
     except TrialStopped as stopped:
         decision = stopped.decision
     except Exception as exc:
+        # A trial that another driver took over is not this task run's to record as failed.
+        if fence.check() is Decision.ABANDON:
+            return TrialOutcome(trial=trial, decision=Decision.ABANDON)
         _record_error(store, session, exc)
         raise TrialError(
             f"Trial {trial.trial_id} ({request.trial_name}) failed: {type(exc).__name__}: {exc}"

@@ -529,6 +529,47 @@ def a_session(store: ExperimentStore, trial: TrialState):
     )
 
 
+@pytest.mark.parametrize("ending", ["results written", "trainable raised"])
+def test_a_trial_taken_over_writes_no_state_at_a_flush_or_a_failure(store, ending):
+    # Driver B takes the experiment over before the trial's third report. Neither the write of
+    # the trial's state that a due flush of its results makes, nor the record of the error its
+    # trainable then raises, may land on B's trial: each reads the lease first (a fence
+    # interval of 0: every write reads it).
+    import prefect_tune as tune
+    from prefect_tune.session import Decision
+    from prefect_tune.state._lease import Lease
+
+    def hold_lease(owner: str) -> None:
+        lease = Lease(owner=owner, host="another-host", pid=1)
+        store.storage.write_bytes(layout.LEASE_FILE, lease.model_dump_json().encode())
+
+    store.write_definition(a_definition())
+    hold_lease("driver-a")
+
+    def trainable(config):
+        for step in (1, 2, 3):
+            if step == 3:
+                hold_lease("driver-b")
+                if ending == "trainable raised":
+                    raise RuntimeError("the trainable failed after the takeover")
+            tune.report({"loss": 1.0 / step})
+
+    outcome = run_in(
+        store,
+        a_trial(),
+        trainable,
+        lease_owner="driver-a",
+        fence_interval_s=0.0,
+        result_flush_interval_s=0.0,
+    )
+    assert outcome.decision is Decision.ABANDON
+    stored = store.read_trial(a_trial().dir_name)
+    assert stored is not None and stored.status is TrialStatus.RUNNING  # B's to resume
+    assert stored.num_failures == 0 and stored.error is None
+    assert stored.last_result is not None and stored.last_result["training_iteration"] == 2
+    assert not store.storage.exists(f"{layout.trial_dir(a_trial().dir_name)}/{layout.ERROR_FILE}")
+
+
 @pytest.mark.parametrize("window_s", [0.0, 3600.0])
 def test_the_lease_is_read_again_after_an_upload_that_outlasts_the_fence_window(
     store, tmp_path, window_s
