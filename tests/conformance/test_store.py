@@ -477,25 +477,28 @@ def test_trial_run_keeps_num_to_keep_best_checkpoints(store):
     assert [r["training_iteration"] for r in store.read_history(final)] == [1, 2, 3, 4, 5]
 
 
+def hold_lease(store: ExperimentStore, owner: str) -> None:
+    """Writes a lease held by driver ``owner``, as that driver's take-over would."""
+    from prefect_tune.state._lease import Lease
+
+    lease = Lease(owner=owner, host="another-host", pid=1)
+    store.storage.write_bytes(layout.LEASE_FILE, lease.model_dump_json().encode())
+
+
 def test_a_trial_whose_experiment_was_taken_over_commits_no_further_checkpoint(store, tmp_path):
     # Driver A submitted the trial; before its third checkpoint, driver B takes the experiment
     # over. With a fence interval of 0 every commit reads the lease: the commit of step 3 is the
     # check under test.
     import prefect_tune as tune
     from prefect_tune.session import Decision
-    from prefect_tune.state._lease import Lease
-
-    def hold_lease(owner: str) -> None:
-        lease = Lease(owner=owner, host="another-host", pid=1)
-        store.storage.write_bytes(layout.LEASE_FILE, lease.model_dump_json().encode())
 
     store.write_definition(a_definition())
-    hold_lease("driver-a")
+    hold_lease(store, "driver-a")
 
     def trainable(config):
         for step in (1, 2, 3):
             if step == 3:
-                hold_lease("driver-b")
+                hold_lease(store, "driver-b")
             tune.report(
                 {"loss": 1.0 / step},
                 checkpoint=Checkpoint.from_directory(make_checkpoint_dir(tmp_path, step)),
@@ -537,19 +540,14 @@ def test_a_trial_taken_over_writes_no_state_at_a_flush_or_a_failure(store, endin
     # interval of 0: every write reads it).
     import prefect_tune as tune
     from prefect_tune.session import Decision
-    from prefect_tune.state._lease import Lease
-
-    def hold_lease(owner: str) -> None:
-        lease = Lease(owner=owner, host="another-host", pid=1)
-        store.storage.write_bytes(layout.LEASE_FILE, lease.model_dump_json().encode())
 
     store.write_definition(a_definition())
-    hold_lease("driver-a")
+    hold_lease(store, "driver-a")
 
     def trainable(config):
         for step in (1, 2, 3):
             if step == 3:
-                hold_lease("driver-b")
+                hold_lease(store, "driver-b")
                 if ending == "trainable raised":
                     raise RuntimeError("the trainable failed after the takeover")
             tune.report({"loss": 1.0 / step})
@@ -581,13 +579,8 @@ def test_the_lease_is_read_again_after_an_upload_that_outlasts_the_fence_window(
     # interval, twice the window.
     from prefect_tune.engine._trial_run import ExperimentFence
     from prefect_tune.session import Decision, TrialStopped
-    from prefect_tune.state._lease import Lease
 
-    def hold_lease(owner: str) -> None:
-        lease = Lease(owner=owner, host="another-host", pid=1)
-        store.storage.write_bytes(layout.LEASE_FILE, lease.model_dump_json().encode())
-
-    hold_lease("driver-a")
+    hold_lease(store, "driver-a")
     trial = a_trial().model_copy(update={"attempts": [AttemptRecord(attempt=1)]})
     store.write_trial(trial)
     fence = ExperimentFence(store.storage, "driver-a", 3600.0)
@@ -596,7 +589,7 @@ def test_the_lease_is_read_again_after_an_upload_that_outlasts_the_fence_window(
     def read_then_lose_the_lease() -> Decision:
         reads.append(fence.check())
         if len(reads) == 1:
-            hold_lease("driver-b")
+            hold_lease(store, "driver-b")
         return reads[-1]
 
     session = a_session(store, trial)
