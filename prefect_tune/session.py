@@ -238,7 +238,8 @@ class TrialSession:
         #: A driver that takes the experiment over starts no trial before the fence interval
         #: (plus a margin) has passed, so half of it leaves a commit time to land before.
         self.fence_window_s = 0.0
-        #: When the latest read of the lease by a commit began (``time.monotonic()``).
+        #: When this session's latest read of the lease began (``time.monotonic()``): one made
+        #: for a commit or for a flush that writes the trial's state.
         self._fence_read_at: float | None = None
         self.flush_interval = result_flush_interval_s
         attempt = trial.attempts[-1]
