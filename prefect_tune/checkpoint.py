@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from prefect_tune.exceptions import CheckpointError, IncompleteCheckpointError
-from prefect_tune.state._models import TrialState, load_document_json
+from prefect_tune.state import TrialState, load_document_json
 from prefect_tune.storage import Storage, StorageSpec, layout
 
 
@@ -55,13 +55,33 @@ class Checkpoint:
         return cls(os.path.abspath(path))
 
     @classmethod
-    def _committed_in(cls, spec: StorageSpec, files: dict[str, int] | None = None) -> Checkpoint:
-        """A checkpoint a trial committed, at ``spec`` (``trials/<trial dir>/checkpoint_N``).
+    def from_committed(
+        cls,
+        path: str | os.PathLike[str],
+        storage_options: dict[str, Any] | None = None,
+        *,
+        files: dict[str, int] | None = None,
+    ) -> Checkpoint:
+        """A checkpoint a trial committed to experiment storage
+        (``<experiment>/trials/<trial dir>/checkpoint_000003``).
+
+        Only the files its trial's state lists are read, each checked for its listed size; a
+        directory its trial never committed (an upload a crash cut short) or has since dropped
+        is refused when opened.
 
         Args:
-            files: Its files and sizes, from its record; None to read them when needed.
+            path: The checkpoint directory: a local path or an fsspec URL.
+            storage_options: Options (endpoint, credentials) for the filesystem of ``path``.
+            files: Its files and sizes, from its record; None to read them from its trial's
+                state when the checkpoint is opened.
+
+        Examples:
+            >>> ckpt = Checkpoint.from_committed(  # doctest: +SKIP
+            ...     "s3://bucket/tune/exp/trials/train_fn_a1b2c_00000/checkpoint_000003"
+            ... )
+            >>> ckpt.to_directory("/tmp/model")  # doctest: +SKIP
         """
-        ckpt = cls(spec.url, spec.options)
+        ckpt = cls(path, storage_options)
         ckpt._committed = True
         ckpt._listed = files
         return ckpt
@@ -160,6 +180,27 @@ class Checkpoint:
             self._files()
             yield storage.root
             return
+        with self._temporary_copy() as tmp:
+            yield tmp
+
+    @contextlib.contextmanager
+    def as_source_directory(self) -> Iterator[str]:
+        """Yields a local directory to copy the checkpoint's files from, which nothing else
+        changes while the block runs.
+
+        A directory the trainable made on this machine is yielded in place. A committed
+        checkpoint (which its trial's retention may delete meanwhile) or one on remote storage
+        is copied to a temporary directory first, deleted on exit.
+        """
+        storage = self._storage_root()
+        if storage.atomic_rename and not self._committed:
+            yield storage.root
+            return
+        with self._temporary_copy() as tmp:
+            yield tmp
+
+    @contextlib.contextmanager
+    def _temporary_copy(self) -> Iterator[str]:
         tmp = self.to_directory()
         try:
             yield tmp

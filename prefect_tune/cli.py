@@ -17,9 +17,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from prefect_tune.engine import AUTO_FIELDS
 from prefect_tune.exceptions import ConfigError, PrefectTuneError, StateError, StorageNotFoundError
 from prefect_tune.results import ResultGrid
-from prefect_tune.session import AUTO_FIELDS
 from prefect_tune.state import ExperimentStore, Lease, TrialState, TrialStatus, read_lease
 from prefect_tune.storage import StorageSpec, TuneStorage, redact
 

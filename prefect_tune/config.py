@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from prefect_tune.exceptions import ConfigError
@@ -284,8 +284,3 @@ def _is_stop_dict(stop: Any) -> bool:
         isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
         for k, v in stop.items()
     )
-
-
-def config_as_dict(config: Any) -> dict[str, Any]:
-    """A JSON-friendly dict of a config dataclass, for the stored experiment definition."""
-    return asdict(config)

@@ -30,15 +30,20 @@ import fsspec
 import pandas as pd
 
 from prefect_tune.checkpoint import Checkpoint
+from prefect_tune.engine import AUTO_FIELDS
 from prefect_tune.exceptions import ConfigError, MetricNotReportedError, TrialError
-from prefect_tune.session import AUTO_FIELDS
-from prefect_tune.state import ExperimentDefinition, ExperimentStore, TrialState, TrialStatus
-from prefect_tune.state._models import PackedSummary, TrialSummary
+from prefect_tune.state import (
+    ExperimentDefinition,
+    ExperimentStore,
+    PackedSummary,
+    TrialState,
+    TrialStatus,
+    TrialSummary,
+)
 from prefect_tune.storage import Storage, StorageSpec, TuneStorage, join_url, layout
 
 __all__ = ["Result", "ResultGrid"]
 
-# The trial runner writes a failed trial's traceback here (engine._trial_run.ERROR_FILE).
 _MODES = ("min", "max")
 _SCOPES = ("last", "avg", "all", "last-5-avg", "last-10-avg")
 
@@ -267,8 +272,8 @@ class Result:
     def _checkpoint_at(
         self, trial_dir: str, dir_name: str, files: dict[str, int] | None = None
     ) -> Checkpoint:
-        rel = f"{layout.trial_dir(trial_dir)}/{dir_name}"
-        return Checkpoint._committed_in(self._store.storage.spec.child(rel), files)
+        spec = self._store.storage.spec.child(layout.trial_dir(trial_dir), dir_name)
+        return Checkpoint.from_committed(spec.url, spec.options, files=files)
 
     def _rows(self) -> list[dict[str, Any]]:
         if self._history is None:

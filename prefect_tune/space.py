@@ -27,7 +27,7 @@ import numbers
 import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from decimal import Decimal
-from typing import Any, Literal, TypeAlias
+from typing import Any, ClassVar, Literal, TypeAlias
 
 import numpy as np
 
@@ -77,9 +77,52 @@ class Domain(abc.ABC):
             A JSON-friendly value (``sample_from`` returns whatever its function returns).
         """
 
+    #: The ``type`` names of `to_json` descriptions this class rebuilds in `from_json`.
+    kinds: ClassVar[tuple[str, ...]] = ()
+
     @abc.abstractmethod
     def to_json(self) -> dict[str, Any]:
         """Describe the domain as JSON, e.g. ``{"type": "uniform", "lower": 0.0, "upper": 1.0}``."""
+
+    @classmethod
+    def _from_json(cls, kind: str, data: Mapping[str, Any]) -> Domain:
+        raise NotImplementedError
+
+    @staticmethod
+    def describes(node: Any) -> bool:
+        """Whether ``node`` is a domain's `to_json` description (a dict of its ``type`` and
+        fields), not a plain dict value."""
+        return (
+            isinstance(node, Mapping)
+            and isinstance(node.get("type"), str)
+            and len(node) > 1
+            and any(node["type"] in cls.kinds for cls in _DOMAIN_CLASSES)
+        )
+
+    @staticmethod
+    def from_json(data: Mapping[str, Any]) -> Domain:
+        """Rebuilds a domain from its `to_json` description (read from storage: untrusted).
+
+        Raises:
+            SearchSpaceError: ``data`` describes no domain this release can rebuild: an unknown
+                ``type``, a missing or bad field, or a ``sample_from`` function (functions are
+                not stored).
+
+        Examples:
+            >>> Domain.from_json({"type": "loguniform", "lower": 0.001, "upper": 0.1, "base": 10})
+            loguniform(lower=0.001, upper=0.1, base=10)
+        """
+        kind = data.get("type") if isinstance(data, Mapping) else None
+        for cls in _DOMAIN_CLASSES:
+            if kind in cls.kinds:
+                try:
+                    return cls._from_json(kind, data)
+                except (KeyError, TypeError) as exc:
+                    raise SearchSpaceError(
+                        f"The stored search-space domain {data!r} lacks a field or has one of "
+                        f"the wrong type ({type(exc).__name__}: {exc})."
+                    ) from exc
+        raise SearchSpaceError(f"The stored search-space domain {data!r} has an unknown type.")
 
     def __repr__(self) -> str:
         fields = self.to_json()
@@ -180,6 +223,20 @@ class Float(Domain):
         # result tables and file names; rounding to q's own decimals removes only that noise.
         return round(quantized, self._digits) if self._digits is not None else quantized
 
+    kinds = ("uniform", "quniform", "loguniform", "qloguniform", "randn", "qrandn")
+
+    @classmethod
+    def _from_json(cls, kind: str, data: Mapping[str, Any]) -> Float:
+        q = data["q"] if kind.startswith("q") else None
+        base_kind = kind[1:] if kind.startswith("q") else kind
+        if base_kind == "randn":
+            return cls(distribution="normal", mean=data["mean"], sd=data["sd"], q=q)
+        if base_kind == "loguniform":
+            return cls(
+                data["lower"], data["upper"], distribution="loguniform", q=q, base=data["base"]
+            )
+        return cls(data["lower"], data["upper"], q=q)
+
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": self.kind}
         if self.distribution == "normal":
@@ -249,6 +306,19 @@ class Integer(Domain):
         value = self.base ** rng.uniform(math.log(low, self.base), math.log(high, self.base))
         return min(max(round(value / self.q), first), last) * self.q
 
+    kinds = ("randint", "qrandint", "lograndint", "qlograndint")
+
+    @classmethod
+    def _from_json(cls, kind: str, data: Mapping[str, Any]) -> Integer:
+        log = kind.endswith("lograndint")
+        return cls(
+            data["lower"],
+            data["upper"],
+            log=log,
+            q=data["q"] if kind.startswith("q") else None,
+            base=data["base"] if log else 10,
+        )
+
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": self.kind, "lower": self.lower, "upper": self.upper}
         if self.q is not None:
@@ -292,8 +362,14 @@ class Categorical(Domain):
         # A copy, so trials never share (and mutate) one list or dict.
         return copy.deepcopy(self.categories[rng.randrange(len(self.categories))])
 
+    kinds = ("choice",)
+
+    @classmethod
+    def _from_json(cls, kind: str, data: Mapping[str, Any]) -> Categorical:
+        return cls(data["categories"])
+
     def to_json(self) -> dict[str, Any]:
-        return {"type": "choice", "categories": [_json_or_repr(c) for c in self.categories]}
+        return {"type": "choice", "categories": [json_or_repr(c) for c in self.categories]}
 
 
 class Function(Domain):
@@ -341,8 +417,20 @@ class Function(Domain):
         with _seeded_global_random(rng.getrandbits(32)):
             return self.func(_Spec(config or {})) if self._pass_spec else self.func()
 
+    kinds = ("sample_from",)
+
+    @classmethod
+    def _from_json(cls, kind: str, data: Mapping[str, Any]) -> Function:
+        raise SearchSpaceError(
+            f"The stored search space uses sample_from({data.get('function')}), which cannot be "
+            "rebuilt from storage: pass param_space= to Tuner.restore()."
+        )
+
     def to_json(self) -> dict[str, Any]:
         return {"type": "sample_from", "function": self.name}
+
+
+_DOMAIN_CLASSES: tuple[type[Domain], ...] = (Float, Integer, Categorical, Function)
 
 
 def uniform(lower: float, upper: float) -> Float:
@@ -495,7 +583,7 @@ def sample_from(func: Callable[..., Any]) -> Function:
     return Function(func)
 
 
-class _UnresolvedDependency(SearchSpaceError):
+class UnresolvedDependency(SearchSpaceError):
     """A ``sample_from`` function read a value another ``sample_from`` has not produced yet."""
 
     def __init__(self, path: str) -> None:
@@ -511,7 +599,7 @@ class _ConfigView(Mapping[Any, Any]):
         self._path = path
 
     def __getitem__(self, key: Any) -> Any:
-        return _view(self._data[key], f"{self._path}{_key_str(key)}")
+        return _view(self._data[key], f"{self._path}{path_step(key)}")
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
@@ -553,7 +641,7 @@ class _Spec(Mapping[str, Any]):
 
 def _view(value: Any, path: str) -> Any:
     if isinstance(value, Domain):
-        raise _UnresolvedDependency(path)
+        raise UnresolvedDependency(path)
     if isinstance(value, Mapping):
         return _ConfigView(value, path)
     if isinstance(value, (list, tuple)):
@@ -576,12 +664,12 @@ def _seeded_global_random(seed: int) -> Iterator[None]:
         np.random.set_state(numpy_state)
 
 
-def _key_str(key: Any) -> str:
+def path_step(key: Any) -> str:
     """``["lr"]`` or ``[0]``: one step of a path such as ``param_space["model"]["lr"]``."""
     return f"[{json.dumps(key, ensure_ascii=False)}]" if isinstance(key, str) else f"[{key!r}]"
 
 
-def _json_or_repr(value: Any) -> Any:
+def json_or_repr(value: Any) -> Any:
     """``value`` itself when it can be stored as JSON, else its repr."""
     try:
         json.dumps(value, allow_nan=True)

@@ -20,8 +20,8 @@ from prefect_tune.engine import (
     ResumePolicy,
     TuneController,
     describe_param_space,
+    space_from_description,
 )
-from prefect_tune.engine._search import space_from_description
 from prefect_tune.exceptions import (
     ConfigError,
     ExperimentExistsError,
@@ -30,7 +30,7 @@ from prefect_tune.exceptions import (
     TrialsErroredError,
 )
 from prefect_tune.results import ResultGrid
-from prefect_tune.state import ExperimentDefinition, ExperimentStore, FlowRunRecord
+from prefect_tune.state import ExperimentDefinition, ExperimentStore, FlowRunRecord, Lease
 from prefect_tune.storage import StorageSpec, TuneStorage
 
 DEFAULT_STORAGE_PATH = "~/prefect_tune_results"
@@ -390,7 +390,13 @@ class Tuner:
         )
         rc = self.run_config
 
-        def build(executor: Any, flow_run: FlowRunRecord) -> TuneController:
+        def build(
+            executor: Any,
+            flow_run: FlowRunRecord,
+            *,
+            on_takeover: Callable[[Lease], None],
+            on_acquired: Callable[[], None],
+        ) -> TuneController:
             policy = self._policy
             if flow_run.run_count > 1:  # a Prefect retry of the failed experiment flow
                 policy = dataclasses.replace(policy, resume_unfinished=True, resume_errored=True)
@@ -409,6 +415,8 @@ class Tuner:
                 flow_run=flow_run,
                 trainable_name=_trainable_name(self.trainable),
                 lease_ttl_s=rc.lease_ttl_s,
+                on_takeover=on_takeover,
+                on_acquired=on_acquired,
             )
 
         from prefect_tune.prefect import run_experiment_flow
@@ -417,6 +425,8 @@ class Tuner:
             trials = run_experiment_flow(
                 build,
                 name=definition.name,
+                storage=store.storage,
+                lease_ttl_s=rc.lease_ttl_s,
                 task_runner=task_runner,
                 retries=rc.flow_retries,
                 retry_delay_seconds=rc.flow_retry_delay_s,

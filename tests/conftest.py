@@ -274,3 +274,11 @@ def dask_cluster(prefect_api: str) -> Iterator[Any]:
         env={"PREFECT_API_URL": prefect_api},
     ) as cluster:
         yield cluster
+
+
+@pytest.fixture
+def store(storage_spec: StorageSpec) -> Any:
+    """An :class:`ExperimentStore` on a fresh root of the current backend."""
+    from prefect_tune.state import ExperimentStore
+
+    return ExperimentStore(storage_spec.open())

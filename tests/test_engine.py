@@ -16,8 +16,14 @@ from prefect_tune.engine import (
     describe_param_space,
 )
 from prefect_tune.exceptions import SessionError
-from prefect_tune.state import ExperimentDefinition, ExperimentStore, TrialState, TrialStatus
-from prefect_tune.state._models import PackedSummary, TrialSummary
+from prefect_tune.state import (
+    ExperimentDefinition,
+    ExperimentStore,
+    PackedSummary,
+    TrialState,
+    TrialStatus,
+    TrialSummary,
+)
 from prefect_tune.storage import Storage, StorageSpec, layout
 from tests import trainables
 

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 from prefect_tune import space
-from prefect_tune.engine._search import (
+from prefect_tune.engine import (
     BasicVariantGenerator,
     describe_param_space,
+    space_from_description,
     validate_param_space,
 )
 from prefect_tune.exceptions import ConfigError, ConfigNotSerializableError, SearchSpaceError
@@ -514,3 +515,68 @@ def test_equal_spaces_have_equal_descriptions() -> None:
 
     assert describe_param_space(build()) == describe_param_space(build())
     assert describe_param_space(build()) != describe_param_space({"x": space.uniform(0, 2)})
+
+
+# -- rebuilding from storage ---------------------------------------------------------------------
+
+EVERY_HELPER = [
+    space.uniform(-1, 1),
+    space.quniform(0, 1, 0.25),
+    space.loguniform(1e-4, 1e-1),
+    space.qloguniform(1e-4, 1e-1, 5e-5, base=2),
+    space.randn(1.0, 2.0),
+    space.qrandn(0, 1, 0.5),
+    space.randint(0, 10),
+    space.qrandint(32, 256, 32),
+    space.lograndint(1, 1000, base=2),
+    space.qlograndint(10, 1000, 10),
+    space.choice(["relu", {"act": "tanh"}, 3]),
+]
+
+
+@pytest.mark.parametrize("domain", EVERY_HELPER, ids=repr)
+def test_every_domain_is_rebuilt_from_its_description_and_samples_the_same(domain):
+    rebuilt = space.Domain.from_json(json.loads(json.dumps(domain.to_json())))
+    assert type(rebuilt) is type(domain)
+    assert rebuilt.to_json() == domain.to_json()
+    assert draws(rebuilt, 50, seed=3) == draws(domain, 50, seed=3)
+
+
+@pytest.mark.parametrize(
+    ("stored", "match"),
+    [
+        ({"type": "uniform", "lower": 0}, "lacks a field"),
+        ({"type": "uniform", "lower": 1, "upper": 0}, "lower must be less than upper"),
+        ({"type": "choice", "categories": []}, "at least one value"),
+        ({"type": "randint", "lower": "a", "upper": 3}, "must be an integer"),
+        ({"type": "sample_from", "function": "m.f"}, r"sample_from\(m.f\).*param_space="),
+        ({"type": "gamma", "shape": 2}, "unknown type"),
+    ],
+)
+def test_a_damaged_stored_domain_is_refused_by_name(stored, match):
+    with pytest.raises(SearchSpaceError, match=match):
+        space.Domain.from_json(stored)
+
+
+def test_a_stored_space_is_rebuilt_with_its_plain_values_and_grids():
+    param_space = {
+        "lr": space.loguniform(1e-4, 1e-1),
+        "model": {"layers": space.grid_search([2, 4]), "act": space.choice(["relu", "tanh"])},
+        "plain": {"type": "not-a-domain"},  # a dict value that only looks like a description
+        "n": 3,
+    }
+    description = describe_param_space(param_space)
+    rebuilt = space_from_description(json.loads(json.dumps(description)))
+    assert describe_param_space(rebuilt) == description
+    assert rebuilt["plain"] == {"type": "not-a-domain"}
+    original = BasicVariantGenerator(param_space, num_samples=2, seed=5)
+    again = BasicVariantGenerator(rebuilt, num_samples=2, seed=5)
+    assert [again.config_for(i) for i in range(4)] == [original.config_for(i) for i in range(4)]
+
+
+def test_a_stored_space_that_cannot_be_rebuilt_exactly_is_refused():
+    with pytest.raises(SearchSpaceError, match="pass param_space="):
+        space_from_description({"f": {"type": "sample_from", "function": "m.f"}})
+    # A description with a field no domain writes is not what it claims to be.
+    with pytest.raises(SearchSpaceError, match="cannot be rebuilt exactly"):
+        space_from_description({"x": {"type": "uniform", "lower": 0, "upper": 1, "log": True}})

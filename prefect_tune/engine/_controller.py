@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from prefect_tune.config import CheckpointConfig, FailureConfig
+from prefect_tune.engine._control import Decision
 from prefect_tune.engine._executor import TrialExecutor
 from prefect_tune.engine._search import BasicVariantGenerator
 from prefect_tune.engine._trial_run import TrialOutcome, TrialRequest
 from prefect_tune.exceptions import TrialError
-from prefect_tune.session import Decision
 from prefect_tune.state import (
     DEFAULT_LEASE_TTL_S,
     ExperimentDefinition,
@@ -24,10 +24,10 @@ from prefect_tune.state import (
     FlowRunRecord,
     Lease,
     LeaseHolder,
+    PackedSummary,
     TrialState,
     TrialStatus,
 )
-from prefect_tune.state._models import PackedSummary
 
 logger = logging.getLogger("prefect_tune")
 

@@ -42,10 +42,6 @@ class TrialExecutor(Protocol):
         ones as ``(handle, outcome or the exception it raised)``."""
         ...
 
-    def cancel_all(self) -> None:
-        """Stops waiting for what is still running (best effort)."""
-        ...
-
     def check_storage(self, storage: Storage) -> None:
         """Proves every place a trial may run can read ``storage`` (DESIGN promise 8).
 
@@ -106,9 +102,6 @@ class ThreadTrialExecutor(QueueingExecutor):
     def _outcome(self, handle: Future[TrialOutcome]) -> TrialOutcome | BaseException:
         error = handle.exception()
         return error if error is not None else handle.result()
-
-    def cancel_all(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def check_storage(self, storage: Storage) -> None:
         return None  # trials run in this very process

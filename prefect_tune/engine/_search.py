@@ -34,9 +34,9 @@ from prefect_tune.space import (
     Categorical,
     Domain,
     Function,
-    _json_or_repr,
-    _key_str,
-    _UnresolvedDependency,
+    UnresolvedDependency,
+    json_or_repr,
+    path_step,
 )
 
 __all__ = ["BasicVariantGenerator", "describe_param_space", "validate_param_space"]
@@ -191,7 +191,7 @@ class BasicVariantGenerator:
             for path, function in pending:
                 try:
                     value = function.sample(self._rng(index, path), config)
-                except _UnresolvedDependency as exc:
+                except UnresolvedDependency as exc:
                     waiting.append((path, function))
                     reasons.append(f"{_format_path(path)} reads {exc.path}")
                     continue
@@ -260,7 +260,7 @@ def _is_grid(node: Any) -> bool:
 
 
 def _format_path(path: Path, root: str = "param_space") -> str:
-    return root + "".join(_key_str(key) for key in path)
+    return root + "".join(path_step(key) for key in path)
 
 
 def _sort_key(path: Path) -> tuple[tuple[str, Any], ...]:
@@ -350,7 +350,7 @@ def _describe(node: Any) -> Any:
         }
     if isinstance(node, (list, tuple)):
         return [_describe(value) for value in node]
-    return _json_or_repr(node)
+    return json_or_repr(node)
 
 
 def _assign(config: dict[str, Any], path: Path, value: Any) -> None:
@@ -423,32 +423,11 @@ def space_from_description(description: Mapping[str, Any]) -> dict[str, Any]:
         SearchSpaceError: the description holds something that cannot be rebuilt exactly (a
             ``sample_from`` function, a value stored by its repr); pass ``param_space`` then.
     """
-    from prefect_tune import space
-
-    helpers: dict[str, Any] = {
-        "uniform": lambda d: space.uniform(d["lower"], d["upper"]),
-        "quniform": lambda d: space.quniform(d["lower"], d["upper"], d["q"]),
-        "loguniform": lambda d: space.loguniform(d["lower"], d["upper"], d["base"]),
-        "qloguniform": lambda d: space.qloguniform(d["lower"], d["upper"], d["q"], d["base"]),
-        "randn": lambda d: space.randn(d["mean"], d["sd"]),
-        "qrandn": lambda d: space.qrandn(d["mean"], d["sd"], d["q"]),
-        "randint": lambda d: space.randint(d["lower"], d["upper"]),
-        "qrandint": lambda d: space.qrandint(d["lower"], d["upper"], d["q"]),
-        "lograndint": lambda d: space.lograndint(d["lower"], d["upper"], d["base"]),
-        "qlograndint": lambda d: space.qlograndint(d["lower"], d["upper"], d["q"], d["base"]),
-        "choice": lambda d: space.choice(d["categories"]),
-    }
 
     def build(node: Any) -> Any:
+        if Domain.describes(node):
+            return Domain.from_json(node)
         if isinstance(node, Mapping):
-            kind = node.get("type")
-            if kind == "sample_from":
-                raise SearchSpaceError(
-                    f"The stored search space uses sample_from({node.get('function')}), which "
-                    "cannot be rebuilt from storage: pass param_space= to Tuner.restore()."
-                )
-            if isinstance(kind, str) and kind in helpers and len(node) > 1:
-                return helpers[kind](node)
             return {key: build(value) for key, value in node.items()}
         return node
 

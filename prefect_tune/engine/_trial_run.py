@@ -11,22 +11,17 @@ import contextlib
 import socket
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from prefect_tune.config import CheckpointConfig
+from prefect_tune.engine._control import Decision, StopCriteria, TrialStopped
+from prefect_tune.engine._fence import CommitFence, ExperimentFence
+from prefect_tune.engine._session import TrialContext, TrialSession, activated
 from prefect_tune.exceptions import TrialError, WorkerLostError
-from prefect_tune.session import (
-    Decision,
-    StopCriteria,
-    TrialContext,
-    TrialSession,
-    TrialStopped,
-    _current,
-)
-from prefect_tune.state import AttemptRecord, ExperimentStore, TrialState, TrialStatus, read_lease
-from prefect_tune.storage import Storage, StorageSpec, layout
+from prefect_tune.state import AttemptRecord, ExperimentStore, TrialState, TrialStatus
+from prefect_tune.storage import StorageSpec, layout
 
 
 @dataclass
@@ -50,42 +45,6 @@ class TrialRequest:
 
     def __repr__(self) -> str:
         return f"TrialRequest({self.trial.trial_id!r}, experiment={self.experiment_name!r})"
-
-
-class ExperimentFence:
-    """A trial control that reads the experiment's lease every ``interval_s`` seconds: it
-    abandons the trial when another driver took the experiment over, and pauses it when the
-    driver asked running trials to stop (fail-fast)."""
-
-    def __init__(self, storage: Storage, owner: str | None, interval_s: float):
-        self.storage = storage
-        self.owner = owner
-        self.interval_s = interval_s
-        self._last = time.monotonic()
-        #: What the latest read said; kept so that a check made before a commit (which acts
-        #: only on ABANDON) does not hide a PAUSE from the next result.
-        self.decision = Decision.CONTINUE
-
-    def check(self) -> Decision:
-        self._last = time.monotonic()
-        if self.owner is None or self.decision is Decision.ABANDON:
-            return self.decision
-        try:
-            lease = read_lease(self.storage)
-        except Exception:  # unreadable now: the next check will tell
-            return Decision.CONTINUE
-        if lease is None:
-            return Decision.CONTINUE
-        if lease.owner != self.owner:
-            self.decision = Decision.ABANDON
-        elif lease.stop_trials:
-            self.decision = Decision.PAUSE
-        return self.decision
-
-    def on_result(self, trial_id: str, result: Mapping[str, Any]) -> Decision:
-        if self.decision is Decision.CONTINUE and time.monotonic() - self._last < self.interval_s:
-            return Decision.CONTINUE
-        return self.check()
 
 
 @dataclass
@@ -222,16 +181,15 @@ def run_trial(request: TrialRequest, task_run_id: str | None = None) -> TrialOut
         metric=request.metric,
         checkpoint_config=request.checkpoint_config,
         controls=[StopCriteria(request.stop, request.deadline), fence],
+        fence=CommitFence(fence.check, window_s=request.fence_interval_s / 2),
         result_flush_interval_s=request.result_flush_interval_s,
     )
-    session.fence = fence.check
-    session.fence_window_s = request.fence_interval_s / 2
-    token = _current.set(session)
     decision = Decision.CONTINUE
     try:
-        returned = request.trainable(dict(trial.config))
-        if isinstance(returned, dict):  # Ray: a returned dict is the final result
-            session.report(returned)
+        with activated(session):
+            returned = request.trainable(dict(trial.config))
+            if isinstance(returned, dict):  # Ray: a returned dict is the final result
+                session.report(returned)
     except TrialStopped as stopped:
         decision = stopped.decision
     except Exception as exc:
@@ -244,7 +202,6 @@ def run_trial(request: TrialRequest, task_run_id: str | None = None) -> TrialOut
         ) from exc
     finally:
         session.close()
-        _current.reset(token)
     if decision is Decision.ABANDON or fence.check() is Decision.ABANDON:
         return TrialOutcome(trial=trial, decision=Decision.ABANDON)
     session.flush()

@@ -144,9 +144,6 @@ class PrefectTaskExecutor(QueueingExecutor):
         except BaseException as exc:  # the trial's error, or its worker's death
             return exc
 
-    def cancel_all(self) -> None:
-        return None
-
     def check_storage(self, storage: Storage) -> None:
         """Has every Dask worker read a marker the driver just wrote to ``storage``.
 

@@ -7,7 +7,7 @@ import os
 import socket
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from prefect import Flow
 from prefect.client.orchestration import get_client
@@ -24,7 +24,19 @@ from prefect_tune.storage import Storage, layout
 
 logger = logging.getLogger("prefect_tune")
 
-ControllerFactory = Callable[[PrefectTaskExecutor, FlowRunRecord], TuneController]
+
+class ControllerFactory(Protocol):
+    """Makes the experiment's controller once its flow run exists (it needs the run's id and
+    the flow's task runner), with the flow's hooks for what the lease tells."""
+
+    def __call__(
+        self,
+        executor: PrefectTaskExecutor,
+        flow_run: FlowRunRecord,
+        *,
+        on_takeover: Callable[[Lease], None],
+        on_acquired: Callable[[], None],
+    ) -> TuneController: ...
 
 
 def mark_taken_over(previous: Lease, by: FlowRunRecord) -> None:
@@ -115,6 +127,8 @@ def run_experiment_flow(
     build_controller: ControllerFactory,
     *,
     name: str,
+    storage: Storage,
+    lease_ttl_s: float,
     task_runner: TaskRunner[Any],
     retries: int = 0,
     retry_delay_seconds: float = 0.0,
@@ -126,9 +140,10 @@ def run_experiment_flow(
     it); each retry resumes the unfinished and errored trials from storage.
 
     Args:
-        build_controller: Makes the controller once the flow run exists (it needs the run's id
-            and the flow's task runner).
+        build_controller: Makes the controller once the flow run exists.
         name: The experiment's name: the flow's name and the flow run's name.
+        storage: The experiment's storage, where each driver records itself.
+        lease_ttl_s: The lease's time to live, past which a driver's record is stale.
         task_runner: Where the trial tasks run (a ``DaskTaskRunner``).
         retries: Prefect flow retries of the experiment flow.
         retry_delay_seconds: Pause between retries.
@@ -149,10 +164,13 @@ def run_experiment_flow(
             flow_run_name=flow_run.name if flow_run is not None else None,
             run_count=flow_run.run_count if flow_run is not None else 1,
         )
-        controller = build_controller(PrefectTaskExecutor(name, task_runner, trial_tags), record)
-        drivers = DriverRecords(controller.store.storage, record, controller.lease.ttl_s)
-        controller.on_takeover = lambda previous: mark_taken_over(previous, record)
-        controller.on_acquired = drivers.sweep
+        drivers = DriverRecords(storage, record, lease_ttl_s)
+        controller = build_controller(
+            PrefectTaskExecutor(name, task_runner, trial_tags),
+            record,
+            on_takeover=lambda previous: mark_taken_over(previous, record),
+            on_acquired=drivers.sweep,
+        )
         drivers.announce()
         try:
             trials = controller.run()

@@ -16,6 +16,7 @@ from prefect_tune.state._models import (
     TrialStatus,
     TrialSummary,
     load_document,
+    load_document_json,
 )
 from prefect_tune.state._store import ExperimentStore
 
@@ -39,4 +40,5 @@ __all__ = [
     "TrialStatus",
     "TrialSummary",
     "load_document",
+    "load_document_json",
 ]

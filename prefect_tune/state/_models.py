@@ -5,14 +5,16 @@ of its model's ``schema_version`` field). A reader accepts its own version and o
 (migrated in :func:`load_document`), and refuses newer ones with
 :class:`~prefect_tune.exceptions.UnsupportedSchemaVersionError`.
 
-Versions: every document is at version 1 except two at version 2 (version 1 of each is still
-read):
+Versions (each older version is still read, upgraded by the migrations at the end):
 
-- the driver's snapshot (`ExperimentState`), which records each trial as a compact
-  `TrialSummary` instead of its whole `TrialState`;
-- a trial's state (`TrialState`), whose `CheckpointRecord` lists the checkpoint's files: the
-  record is what commits a checkpoint. At version 1 a manifest file written last in the
-  checkpoint's directory did, and listed them.
+- a trial's state (`TrialState`, ``trial.json``) is at version 3. Version 2 made each
+  `CheckpointRecord` list the checkpoint's files and sizes: that record is what commits a
+  checkpoint (at version 1 a manifest file written last in the checkpoint's directory did, and
+  listed them). Version 3 added `CarriedResults`: the rows reported since the last results
+  segment, carried in the write that commits a checkpoint.
+- the driver's snapshot (`ExperimentState`, ``experiment_state.json``) is at version 2, which
+  records each trial as a compact `TrialSummary` instead of its whole `TrialState`.
+- every other document (the definition, the lease, a driver's record) is at version 1.
 """
 
 from __future__ import annotations

@@ -11,9 +11,7 @@ import pathlib
 
 import pytest
 
-from prefect_tune.checkpoint import Checkpoint
 from prefect_tune.config import CheckpointConfig
-from prefect_tune.engine._trial_run import TrialRequest, run_trial
 from prefect_tune.exceptions import (
     ExperimentNotFoundError,
     IncompleteCheckpointError,
@@ -24,15 +22,21 @@ from prefect_tune.state import (
     TRIAL_SCHEMA_VERSION,
     AttemptRecord,
     CheckpointRecord,
-    ExperimentDefinition,
     ExperimentState,
-    ExperimentStore,
+    PackedSummary,
     TrialState,
     TrialStatus,
+    TrialSummary,
 )
-from prefect_tune.state._models import PackedSummary, TrialSummary
-from prefect_tune.storage import Storage, layout
+from prefect_tune.storage import layout
 from tests import trainables
+from tests._experiment_store import (
+    a_definition,
+    a_trial,
+    committed_checkpoint,
+    make_checkpoint_dir,
+    run_in,
+)
 
 # experiment_state.json as prefect-tune wrote it at schema_version 1 (each trial's whole
 # TrialState): trial 0 TERMINATED with checkpoints 1 and 2 kept, trial 1 ERROR at step 3.
@@ -85,54 +89,6 @@ V1_SNAPSHOT = (
     '0000000001","flow_run_name":"exp","run_count":1,"started_at":1795654062.0710466}],"f'
     'inished":true,"updated_at":1795654062.1658487}'
 )
-
-
-@pytest.fixture
-def store(storage_spec) -> ExperimentStore:
-    return ExperimentStore(Storage.open(storage_spec))
-
-
-def a_definition() -> ExperimentDefinition:
-    return ExperimentDefinition(
-        name="exp",
-        experiment_id="abcde",
-        trainable="tests.trainables.quadratic",
-        param_space={"x": {"type": "uniform", "lower": 0, "upper": 1}},
-        num_samples=2,
-        seed=7,
-        total_trials=2,
-        metric="loss",
-        mode="min",
-    )
-
-
-def a_trial(index: int = 0) -> TrialState:
-    return TrialState(
-        trial_id=f"abcde_{index:05d}", index=index, dir_name=f"t_{index}", config={"x": 5.0}
-    )
-
-
-def make_checkpoint_dir(tmp_path, step: int) -> str:
-    d = tmp_path / f"ckpt-src-{step}"
-    (d / "sub").mkdir(parents=True)
-    (d / "state.json").write_text(json.dumps({"step": step}))
-    (d / "sub" / "weights.bin").write_bytes(bytes(range(256)) * 39 + b"0123456789abcdef")
-    return str(d)
-
-
-def run_in(store: ExperimentStore, trial: TrialState, trainable, **request):
-    """One task run of ``trial`` (optimising "loss"), as a Dask worker runs it."""
-    return run_trial(
-        TrialRequest(
-            experiment=store.storage.spec,
-            experiment_name="exp",
-            trial=trial,
-            trial_name="t",
-            trainable=trainable,
-            metric="loss",
-            **request,
-        )
-    )
 
 
 def test_definition_and_state_round_trip(store):
@@ -344,7 +300,7 @@ def test_checkpoint_commit_and_partial_checkpoints(store, tmp_path):
 
     # Uploaded, not committed: no trial state lists it yet.
     with pytest.raises(IncompleteCheckpointError, match="belongs to no trial"):
-        Checkpoint._committed_in(spec.child(rel)).to_directory(str(tmp_path / "early"))
+        committed_checkpoint(spec, rel).to_directory(str(tmp_path / "early"))
 
     # The trial state that lists it (with its files) commits it.
     trial.checkpoints.append(
@@ -363,14 +319,14 @@ def test_checkpoint_commit_and_partial_checkpoints(store, tmp_path):
     partial = layout.checkpoint_dir(trial.dir_name, 1)
     store.storage.write_bytes(f"{partial}/state.json", b"{}")
     with pytest.raises(IncompleteCheckpointError, match="never committed"):
-        Checkpoint._committed_in(spec.child(partial)).to_directory(str(tmp_path / "partial"))
+        committed_checkpoint(spec, partial).to_directory(str(tmp_path / "partial"))
 
     # A committed checkpoint downloads whole, byte for byte: with its files given (as a trial's
     # records give them) or read from its trial's state (a checkpoint known by its path only).
     for i, committed in enumerate(
         [
-            Checkpoint._committed_in(spec.child(rel), uploaded.files),
-            Checkpoint._committed_in(spec.child(rel)),
+            committed_checkpoint(spec, rel, uploaded.files),
+            committed_checkpoint(spec, rel),
         ]
     ):
         out = committed.to_directory(str(tmp_path / f"out-{i}"))
@@ -386,7 +342,7 @@ def test_checkpoint_commit_and_partial_checkpoints(store, tmp_path):
     # A stored file that is not the size its record says: the checkpoint is not whole.
     store.storage.write_bytes(f"{rel}/state.json", b"{}")
     with pytest.raises(IncompleteCheckpointError, match="wrong size"):
-        Checkpoint._committed_in(spec.child(rel)).to_directory(str(tmp_path / "torn"))
+        committed_checkpoint(spec, rel).to_directory(str(tmp_path / "torn"))
 
     # The partial one is garbage to collect.
     assert store.remove_uncommitted_checkpoints(trial) == ["checkpoint_000001"]
@@ -426,9 +382,7 @@ def test_a_trial_state_of_schema_version_1_resumes_from_its_manifest_committed_c
     store.storage.write_bytes(layout.trial_file("t_0"), V1_TRIAL.encode())
     old = store.read_trial("t_0")
     assert old is not None and old.checkpoints[0].files is None
-    out = Checkpoint._committed_in(store.storage.spec.child(ckpt)).to_directory(
-        str(tmp_path / "v1")
-    )
+    out = committed_checkpoint(store.storage.spec, ckpt).to_directory(str(tmp_path / "v1"))
     assert json.loads(pathlib.Path(out, "state.json").read_text())["step"] == 2
 
     outcome = run_in(store, old, trainables.quadratic)
@@ -450,7 +404,7 @@ def test_a_checkpoint_of_schema_version_1_without_its_manifest_was_never_committ
     store.storage.write_bytes(f"{ckpt}/state.json", b"{}")
     store.storage.write_bytes(layout.trial_file("t_0"), V1_TRIAL.encode())
     with pytest.raises(IncompleteCheckpointError, match="no manifest"):
-        Checkpoint._committed_in(store.storage.spec.child(ckpt)).to_directory(str(tmp_path / "o"))
+        committed_checkpoint(store.storage.spec, ckpt).to_directory(str(tmp_path / "o"))
 
 
 def test_trial_run_keeps_num_to_keep_best_checkpoints(store):
@@ -475,222 +429,3 @@ def test_trial_run_keeps_num_to_keep_best_checkpoints(store):
     ]
     assert store.read_trial(final.dir_name) == final
     assert [r["training_iteration"] for r in store.read_history(final)] == [1, 2, 3, 4, 5]
-
-
-def hold_lease(store: ExperimentStore, owner: str) -> None:
-    """Writes a lease held by driver ``owner``, as that driver's take-over would."""
-    from prefect_tune.state._lease import Lease
-
-    lease = Lease(owner=owner, host="another-host", pid=1)
-    store.storage.write_bytes(layout.LEASE_FILE, lease.model_dump_json().encode())
-
-
-def test_a_trial_whose_experiment_was_taken_over_commits_no_further_checkpoint(store, tmp_path):
-    # Driver A submitted the trial; before its third checkpoint, driver B takes the experiment
-    # over. With a fence interval of 0 every commit reads the lease: the commit of step 3 is the
-    # check under test.
-    import prefect_tune as tune
-    from prefect_tune.session import Decision
-
-    store.write_definition(a_definition())
-    hold_lease(store, "driver-a")
-
-    def trainable(config):
-        for step in (1, 2, 3):
-            if step == 3:
-                hold_lease(store, "driver-b")
-            tune.report(
-                {"loss": 1.0 / step},
-                checkpoint=Checkpoint.from_directory(make_checkpoint_dir(tmp_path, step)),
-            )
-
-    outcome = run_in(store, a_trial(), trainable, lease_owner="driver-a", fence_interval_s=0.0)
-    assert outcome.decision is Decision.ABANDON
-    stored = store.read_trial(a_trial().dir_name)
-    assert stored is not None and stored.status is TrialStatus.RUNNING  # B's to resume
-    assert [c.training_iteration for c in stored.checkpoints] == [1, 2]
-    assert stored.last_result is not None and stored.last_result["training_iteration"] == 2
-
-
-def a_session(store: ExperimentStore, trial: TrialState):
-    """A session of ``trial``'s first attempt, as `run_trial` makes it, without a fence."""
-    from prefect_tune.session import TrialContext, TrialSession
-
-    return TrialSession(
-        store,
-        trial,
-        TrialContext(
-            trial_id=trial.trial_id,
-            trial_name="t",
-            experiment_name="exp",
-            trial_dir=store.storage.uri(layout.trial_dir(trial.dir_name)),
-            trial_index=0,
-            attempt=1,
-        ),
-        metric="loss",
-        checkpoint_config=CheckpointConfig(),
-    )
-
-
-@pytest.mark.parametrize("ending", ["results written", "trainable raised"])
-def test_a_trial_taken_over_writes_no_state_at_a_flush_or_a_failure(store, ending):
-    # Driver B takes the experiment over before the trial's third report. Neither the write of
-    # the trial's state that a due flush of its results makes, nor the record of the error its
-    # trainable then raises, may land on B's trial: each reads the lease first (a fence
-    # interval of 0: every write reads it).
-    import prefect_tune as tune
-    from prefect_tune.session import Decision
-
-    store.write_definition(a_definition())
-    hold_lease(store, "driver-a")
-
-    def trainable(config):
-        for step in (1, 2, 3):
-            if step == 3:
-                hold_lease(store, "driver-b")
-                if ending == "trainable raised":
-                    raise RuntimeError("the trainable failed after the takeover")
-            tune.report({"loss": 1.0 / step})
-
-    outcome = run_in(
-        store,
-        a_trial(),
-        trainable,
-        lease_owner="driver-a",
-        fence_interval_s=0.0,
-        result_flush_interval_s=0.0,
-    )
-    assert outcome.decision is Decision.ABANDON
-    stored = store.read_trial(a_trial().dir_name)
-    assert stored is not None and stored.status is TrialStatus.RUNNING  # B's to resume
-    assert stored.num_failures == 0 and stored.error is None
-    assert stored.last_result is not None and stored.last_result["training_iteration"] == 2
-    assert not store.storage.exists(f"{layout.trial_dir(a_trial().dir_name)}/{layout.ERROR_FILE}")
-
-
-@pytest.mark.parametrize("window_s", [0.0, 3600.0])
-def test_the_lease_is_read_again_after_an_upload_that_outlasts_the_fence_window(
-    store, tmp_path, window_s
-):
-    # The lease is read while a checkpoint uploads. Here driver B takes the experiment over
-    # right after that read: an upload longer than the window (0 s: any upload) has the lease
-    # read again before the commit point, which B's lease then stops. Within the window the
-    # first read stands and the checkpoint commits; B starts no trial for a whole fence
-    # interval, twice the window.
-    from prefect_tune.engine._trial_run import ExperimentFence
-    from prefect_tune.session import Decision, TrialStopped
-
-    hold_lease(store, "driver-a")
-    trial = a_trial().model_copy(update={"attempts": [AttemptRecord(attempt=1)]})
-    store.write_trial(trial)
-    fence = ExperimentFence(store.storage, "driver-a", 3600.0)
-    reads: list[Decision] = []
-
-    def read_then_lose_the_lease() -> Decision:
-        reads.append(fence.check())
-        if len(reads) == 1:
-            hold_lease(store, "driver-b")
-        return reads[-1]
-
-    session = a_session(store, trial)
-    session.fence = read_then_lose_the_lease
-    session.fence_window_s = window_s
-    checkpoint = Checkpoint.from_directory(make_checkpoint_dir(tmp_path, 1))
-    try:
-        if window_s == 0.0:
-            with pytest.raises(TrialStopped):
-                session.report({"loss": 1.0}, checkpoint=checkpoint)
-        else:
-            session.report({"loss": 1.0}, checkpoint=checkpoint)
-    finally:
-        session.close()
-    stored = store.read_trial(trial.dir_name)
-    assert stored is not None
-    if window_s == 0.0:
-        assert reads == [Decision.CONTINUE, Decision.ABANDON]
-        assert stored.checkpoints == []
-    else:
-        assert reads == [Decision.CONTINUE]
-        assert [c.training_iteration for c in stored.checkpoints] == [1]
-
-
-@pytest.mark.parametrize("window_s", [0.0, 3600.0])
-def test_commits_within_the_fence_window_share_one_read_of_the_lease(store, tmp_path, window_s):
-    # A read of the lease that began within the window (half the fence interval) before a
-    # commit point stands for that commit: of three quick commits, only the first reads it.
-    # With a window of 0, each commit reads it while uploading and again at its commit point.
-    from prefect_tune.session import Decision
-
-    trial = a_trial().model_copy(update={"attempts": [AttemptRecord(attempt=1)]})
-    store.write_trial(trial)
-    reads: list[float] = []
-
-    def count_reads() -> Decision:
-        reads.append(0.0)
-        return Decision.CONTINUE
-
-    session = a_session(store, trial)
-    session.fence = count_reads
-    session.fence_window_s = window_s
-    try:
-        for step in (1, 2, 3):
-            checkpoint = Checkpoint.from_directory(make_checkpoint_dir(tmp_path, step))
-            session.report({"loss": 1.0 / step}, checkpoint=checkpoint)
-    finally:
-        session.close()
-    stored = store.read_trial(trial.dir_name)
-    assert stored is not None
-    assert [c.training_iteration for c in stored.checkpoints] == [1, 2, 3]
-    assert len(reads) == (6 if window_s == 0.0 else 1)
-
-
-def _report_checkpoints(session, tmp_path, steps) -> None:
-    try:
-        for step in steps:
-            checkpoint = Checkpoint.from_directory(make_checkpoint_dir(tmp_path, step))
-            session.report({"loss": 4.0 / step, "step": step}, checkpoint=checkpoint)
-    finally:
-        session.close()  # and no flush: what a kill of the worker leaves
-
-
-def test_a_commit_carries_the_results_since_the_last_segment_in_the_trial_state(store, tmp_path):
-    # Each checkpoint's commit writes the trial's state, and the rows reported since the last
-    # result segment ride in it: no segment is written. Killed there, the trial's history still
-    # has them, and its next attempt writes them as the segment they were to be.
-    store.write_definition(a_definition())
-    trial = a_trial().model_copy(update={"attempts": [AttemptRecord(attempt=1)]})
-    store.write_trial(trial)
-    _report_checkpoints(a_session(store, trial), tmp_path, (1, 2, 3))
-
-    assert store.storage.list_dir(layout.results_dir(trial.dir_name)) == []
-    stored = store.read_trial(trial.dir_name)
-    assert stored is not None
-    assert [(c.attempt, c.segment, len(c.rows)) for c in stored.carried_results] == [(1, 1, 3)]
-    assert [r["training_iteration"] for r in store.read_history(stored)] == [1, 2, 3]
-
-    final = run_in(store, stored, trainables.quadratic).trial  # x = 5: loss = 4 / step
-    assert final.status is TrialStatus.TERMINATED
-    assert final.attempts[-1].start_iteration == 3 and final.carried_results == []
-    assert store.storage.list_dir(layout.results_dir(trial.dir_name)) == [
-        "0001-000001.jsonl",
-        "0002-000001.jsonl",
-    ]
-    assert [(r["training_iteration"], r["loss"]) for r in store.read_history(final)] == [
-        (step, 4.0 / step) for step in (1, 2, 3, 4, 5)
-    ]
-
-
-def test_past_the_carried_maximum_the_commit_writes_the_results_as_a_segment(store, tmp_path):
-    from prefect_tune.session import CARRIED_ROWS_MAX
-
-    trial = a_trial().model_copy(update={"attempts": [AttemptRecord(attempt=1)]})
-    store.write_trial(trial)
-    steps = range(1, CARRIED_ROWS_MAX + 4)
-    _report_checkpoints(a_session(store, trial), tmp_path, steps)
-
-    # The commit that would have carried one row too many wrote them all as segment 1.
-    assert store.storage.list_dir(layout.results_dir(trial.dir_name)) == ["0001-000001.jsonl"]
-    stored = store.read_trial(trial.dir_name)
-    assert stored is not None
-    assert [(c.segment, len(c.rows)) for c in stored.carried_results] == [(2, 2)]
-    assert [r["training_iteration"] for r in store.read_history(stored)] == list(steps)
