@@ -21,7 +21,13 @@ from prefect_tune.engine import AUTO_FIELDS
 from prefect_tune.exceptions import ConfigError, PrefectTuneError, StateError, StorageNotFoundError
 from prefect_tune.results import ResultGrid
 from prefect_tune.state import ExperimentStore, Lease, TrialState, TrialStatus, read_lease
-from prefect_tune.storage import StorageSpec, TuneStorage, redact
+from prefect_tune.storage import (
+    StorageSpec,
+    TuneStorage,
+    redact,
+    refuse_block_with_options,
+    resolve_spec,
+)
 
 _SCOPES = ("last", "avg", "all", "last-5-avg", "last-10-avg")
 
@@ -53,17 +59,12 @@ def _load_block(name: str) -> TuneStorage:
 def _spec(args: argparse.Namespace, hidden: list[str]) -> StorageSpec:
     """The storage location the command names; its option values are added to ``hidden``."""
     options = _parse_options(args.option)
-    path = args.path or ""
-    if args.block is not None:
-        if options:
-            raise ConfigError("Give --block or --option, not both: put the options in the block.")
-        root = _load_block(args.block).spec()
-        absolute = "://" in path or path.startswith(("/", "~"))
-        spec = StorageSpec(path, root.options) if absolute else root.child(path)
-    elif path:
-        spec = StorageSpec(path, options)
-    else:
+    if args.block is None and not args.path:
         raise ConfigError("Give a storage path or URL, or --block NAME.")
+    # Refused before the block is loaded, which may have to reach the Prefect server.
+    refuse_block_with_options(args.block, options)
+    block = _load_block(args.block) if args.block is not None else None
+    spec = resolve_spec(args.path or "", options, block)
     hidden.extend(_strings(spec.options))
     return spec
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from prefect_tune.exceptions import ConfigError
+from prefect_tune.storage import refuse_block_with_options
 
 if TYPE_CHECKING:
     from prefect_tune.storage import TuneStorage
@@ -172,7 +173,7 @@ class RunConfig:
         name: The experiment's name, its directory under the storage path and its flow run's
             name. Generated when None.
         storage_path: A local or NFS path, or an fsspec URL (``s3://``, ``gs://``, ``memory://``).
-            Default ``~/prefect_tune_results``.
+            Default ``~/prefect_tune_results`` (``prefect_tune.storage.DEFAULT_STORAGE_PATH``).
         storage: A :class:`~prefect_tune.TuneStorage` block instead of ``storage_path``.
         storage_options: fsspec options for ``storage_path`` (endpoint, credentials).
         checkpoint_config: Which checkpoints to keep.
@@ -250,11 +251,12 @@ class RunConfig:
                     "name",
                     f"is a directory name and cannot contain '/': {self.name!r}.",
                 )
-        if self.storage is not None and (self.storage_path is not None or self.storage_options):
+        if self.storage is not None and self.storage_path is not None:
             raise ConfigError(
-                "RunConfig: give either storage (a TuneStorage block) or storage_path with "
-                "storage_options, not both."
+                "RunConfig: give either storage (a TuneStorage block) or storage_path, not both: "
+                "the block names the storage root."
             )
+        refuse_block_with_options(self.storage, self.storage_options)
         if self.storage is not None and not hasattr(self.storage, "spec"):
             raise _fail(
                 "RunConfig",

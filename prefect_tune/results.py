@@ -40,7 +40,7 @@ from prefect_tune.state import (
     TrialStatus,
     TrialSummary,
 )
-from prefect_tune.storage import Storage, StorageSpec, TuneStorage, join_url, layout
+from prefect_tune.storage import Storage, TuneStorage, layout, resolve_spec
 
 __all__ = ["Result", "ResultGrid"]
 
@@ -381,7 +381,7 @@ class ResultGrid(Sequence[Result]):
         Args:
             path: The experiment's directory: a local or NFS path or an fsspec URL. With
                 ``storage``, a relative path (the experiment's name) is taken below the block's
-                ``storage_path``.
+                ``storage_path`` (see :func:`~prefect_tune.storage.resolve_spec`).
             storage_options: fsspec options (endpoint, credentials) for ``path``.
             storage: A :class:`~prefect_tune.TuneStorage` block whose credentials reach ``path``.
 
@@ -392,20 +392,7 @@ class ResultGrid(Sequence[Result]):
         Examples:
             >>> ResultGrid.from_path("exp", storage=TuneStorage.load("tuning"))  # doctest: +SKIP
         """
-        text = os.fspath(path)
-        if storage is not None:
-            if storage_options:
-                raise ConfigError(
-                    "ResultGrid.from_path: give either storage (a TuneStorage block) or "
-                    "storage_options, not both; put the options in the block."
-                )
-            block_spec = storage.spec()
-            protocol, _ = fsspec.core.split_protocol(text)
-            if protocol is None and not os.path.isabs(os.path.expanduser(text)):
-                text = join_url(block_spec.url, text)
-            spec = StorageSpec(text, block_spec.options)
-        else:
-            spec = StorageSpec(text, dict(storage_options or {}))
+        spec = resolve_spec(path, storage_options, storage)
         return cls(ExperimentStore(Storage.open(spec)))
 
     # -- the sequence --------------------------------------------------------------------------

@@ -31,9 +31,7 @@ from prefect_tune.exceptions import (
 )
 from prefect_tune.results import ResultGrid
 from prefect_tune.state import ExperimentDefinition, ExperimentStore, FlowRunRecord, Lease
-from prefect_tune.storage import StorageSpec, TuneStorage
-
-DEFAULT_STORAGE_PATH = "~/prefect_tune_results"
+from prefect_tune.storage import StorageSpec, TuneStorage, resolve_spec
 
 logger = logging.getLogger("prefect_tune")
 
@@ -74,22 +72,6 @@ def _api_url_for_workers() -> str | None:
     return server.api_url
 
 
-def _experiment_spec(
-    path: str | os.PathLike[str],
-    storage_options: dict[str, Any] | None,
-    storage: TuneStorage | None,
-) -> StorageSpec:
-    if storage is not None:
-        if storage_options:
-            raise ConfigError(
-                "Give either storage (a TuneStorage block) or storage_options, not both."
-            )
-        root = storage.spec()
-        text = os.fspath(path)
-        return root if not text else root.child(text)
-    return StorageSpec(os.fspath(path), dict(storage_options or {}))
-
-
 def _rebuild_space(definition: ExperimentDefinition, store: ExperimentStore) -> dict[str, Any]:
     """The stored search space, rebuilt; an empty one if it cannot be rebuilt but every trial
     is stored (with its config), so no config is ever drawn from it."""
@@ -106,14 +88,7 @@ def _rebuild_space(definition: ExperimentDefinition, store: ExperimentStore) -> 
 
 def storage_root(run_config: RunConfig) -> StorageSpec:
     """The storage root (above experiment directories) a RunConfig points at."""
-    if run_config.storage is not None:
-        return run_config.storage.spec()
-    path = (
-        os.fspath(run_config.storage_path)
-        if run_config.storage_path is not None
-        else DEFAULT_STORAGE_PATH
-    )
-    return StorageSpec(path, dict(run_config.storage_options or {}))
+    return resolve_spec(run_config.storage_path, run_config.storage_options, run_config.storage)
 
 
 class Tuner:
@@ -274,10 +249,13 @@ class Tuner:
     ) -> bool:
         """Whether an experiment is stored at ``path`` (a local path or URL of its directory).
 
+        ``path``, ``storage_options`` and ``storage`` name the directory as in :meth:`restore`.
+
         Raises:
+            ConfigError: both ``storage_options`` and ``storage`` were given.
             StorageError: the storage cannot be reached (bad credentials, missing driver...).
         """
-        spec = _experiment_spec(path, storage_options, storage)
+        spec = resolve_spec(path, storage_options, storage)
         return ExperimentStore(spec.open()).exists()
 
     @classmethod
@@ -308,10 +286,13 @@ class Tuner:
             param_space: The original search space; needed only when it used ``sample_from``
                 and trials remain to be created.
             storage_options: fsspec options for ``path`` (endpoint, credentials).
-            storage: A TuneStorage block; ``path`` is then taken below its ``storage_path``.
+            storage: A TuneStorage block: a relative ``path`` (the experiment's name) is taken
+                below its ``storage_path``, an absolute path or a URL is reached with its
+                credentials (see :func:`~prefect_tune.storage.resolve_spec`).
             task_runner: Where trials run (default: a local Dask cluster).
 
         Raises:
+            ConfigError: both ``storage_options`` and ``storage`` were given.
             ExperimentNotFoundError: nothing is stored at ``path``.
             SearchSpaceError: the stored space cannot be rebuilt and no param_space was given.
 
@@ -319,7 +300,7 @@ class Tuner:
             >>> tuner = Tuner.restore("s3://bucket/tune/exp", train_fn, resume_errored=True)  # doctest: +SKIP
             >>> results = tuner.fit()  # doctest: +SKIP
         """
-        spec = _experiment_spec(path, storage_options, storage)
+        spec = resolve_spec(path, storage_options, storage)
         store = ExperimentStore(spec.open())
         definition = store.read_definition()
         space = param_space if param_space is not None else _rebuild_space(definition, store)

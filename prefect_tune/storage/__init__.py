@@ -5,8 +5,14 @@ from prefect_tune.storage._block import TuneStorage
 from prefect_tune.storage._errors import redact
 from prefect_tune.storage._filesystem import Storage, StorageSpec, join_url, normalize_url
 from prefect_tune.storage._probe import read_probe
+from prefect_tune.storage._resolve import (
+    DEFAULT_STORAGE_PATH,
+    refuse_block_with_options,
+    resolve_spec,
+)
 
 __all__ = [
+    "DEFAULT_STORAGE_PATH",
     "Storage",
     "StorageSpec",
     "TuneStorage",
@@ -15,4 +21,6 @@ __all__ = [
     "normalize_url",
     "read_probe",
     "redact",
+    "refuse_block_with_options",
+    "resolve_spec",
 ]
