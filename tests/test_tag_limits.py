@@ -13,7 +13,7 @@ from prefect_dask import DaskTaskRunner
 
 import prefect_tune as tune
 from prefect_tune import RunConfig, TuneConfig, Tuner
-from prefect_tune.prefect._engine import TagLimits, engine_is_known
+from prefect_tune.prefect._fast._engine import TagLimits, internals_are_known
 from tests import trainables
 
 pytestmark = pytest.mark.slow
@@ -64,7 +64,8 @@ def test_tag_limits_are_read_from_the_api_and_cached(prefect_api):
 
 
 def test_the_installed_prefect_engine_is_the_one_trials_skip_slot_requests_with():
-    # With another Prefect release the copy in `_engine.py` is not used (every tagged trial
-    # asks for a slot, which is slow on a SQLite-backed server): re-check the copy against
-    # the new `SyncTaskRunEngine.start` and update ENGINE_START_DIGEST.
-    assert engine_is_known()
+    # With another Prefect release the fast path is not used (trials go through Prefect's
+    # task_runner.submit and every tagged trial asks for a slot, which is slow on a
+    # SQLite-backed server): re-check the copy in `_fast/_engine.py` and the rest of
+    # `RELIED_ON` against the new Prefect and update PREFECT_INTERNALS_DIGEST.
+    assert internals_are_known()

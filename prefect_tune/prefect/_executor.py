@@ -6,7 +6,7 @@ import logging
 import os
 import uuid
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect.client.orchestration import get_client
 from prefect.context import FlowRunContext
@@ -15,12 +15,16 @@ from prefect.states import Crashed
 from prefect.task_runners import TaskRunner
 from prefect_dask import DaskTaskRunner
 
+from prefect_tune._settings import get_settings
 from prefect_tune.engine import TrialOutcome, TrialRequest
 from prefect_tune.engine._executor import QueueingExecutor
 from prefect_tune.exceptions import StorageNotSharedError, WorkerLostError
-from prefect_tune.prefect._dispatch import WorkerContext, run_trial_task
+from prefect_tune.prefect._fast import fast_dispatch
 from prefect_tune.prefect._task import Sealed, trial_run_name, trial_task
 from prefect_tune.storage import Storage, layout, read_probe
+
+if TYPE_CHECKING:
+    from prefect_tune.prefect._fast._dispatch import FastDispatch
 
 logger = logging.getLogger("prefect_tune")
 
@@ -62,10 +66,14 @@ class PrefectTaskExecutor(QueueingExecutor):
     """Runs each trial as a task run of the experiment's flow run, named after the trial and
     tagged with ``tags``, on ``task_runner``.
 
-    On a ``DaskTaskRunner`` the task runs go straight to the Dask cluster through
-    `run_trial_task`, which keeps Prefect's run context per worker process instead of rebuilding
-    it per task run; any other task runner gets ``task_runner.submit`` as Prefect does it.
+    On a ``DaskTaskRunner`` the task runs go straight to the Dask cluster, which keeps
+    Prefect's run context per worker process instead of rebuilding it per task run (the fast
+    path, `prefect_tune.prefect._fast`), unless `fast_dispatch` chooses Prefect's plain path;
+    any other task runner, and the plain path, get ``task_runner.submit`` as Prefect does it.
     Must be used inside the running experiment flow.
+
+    Raises:
+        ConfigError: a ``PREFECT_TUNE_*`` setting is invalid (read when the executor is made).
     """
 
     def __init__(
@@ -77,10 +85,11 @@ class PrefectTaskExecutor(QueueingExecutor):
         self.experiment_name = experiment_name
         self.task_runner = task_runner
         self.tags = tags
+        # Read here, on the driver: the workers run what the driver sends them.
+        self._settings = get_settings()
         self._runner: TaskRunner[Any] | None = None
         self._client: Any = None
-        self._context: WorkerContext | None = None
-        self._context_on_workers: Any = None  # the context scattered to every worker
+        self._dispatch: FastDispatch | None = None
         self._task = trial_task.with_options(task_run_name=trial_run_name, tags=list(tags))
 
     def start(self) -> None:
@@ -90,11 +99,13 @@ class PrefectTaskExecutor(QueueingExecutor):
         if isinstance(runner, DaskTaskRunner):
             self._client = runner.client  # starts the local cluster, or connects
             _shorten_message_log(self._client)
-            self._context = WorkerContext.capture(self.experiment_name, self.tags)
+            self._dispatch = fast_dispatch(
+                self._client, self._settings, self.experiment_name, self.tags
+            )
 
     def close(self) -> None:
         runner, self._runner, self._client = self._runner, None, None
-        self._context_on_workers = None
+        self._dispatch = None
         if runner is not None:
             runner.__exit__(None, None, None)
 
@@ -109,25 +120,10 @@ class PrefectTaskExecutor(QueueingExecutor):
             return max(1, sum(self._client.nthreads().values()))
         return getattr(self._runner, "_max_workers", None) or os.cpu_count() or 1
 
-    def _worker_context(self) -> Any:
-        """The experiment's run context, sent to every worker once (it is a few KiB: sent with
-        each trial, Dask would also keep a copy of it in its log of recent messages)."""
-        scattered = self._context_on_workers
-        if scattered is None or scattered.status != "finished":  # a worker that held it died
-            scattered = self._client.scatter(self._context, broadcast=True, hash=False)
-            self._context_on_workers = scattered
-        return scattered
-
     def submit(self, request: TrialRequest) -> Any:
         runner = self._started()
-        if self._client is not None:
-            future = self._client.submit(
-                run_trial_task,
-                self._worker_context(),
-                request,
-                key=f"trial-{request.trial.trial_id}-{uuid.uuid4().hex[:8]}",
-                pure=False,
-            )
+        if self._dispatch is not None:
+            future = self._dispatch.submit(request)
         else:
             future = runner.submit(self._task, parameters={"sealed": Sealed(request)})
         future.add_done_callback(self._on_done)

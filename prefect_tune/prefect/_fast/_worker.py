@@ -1,4 +1,5 @@
-"""Trial task runs on Dask workers, with Prefect's run context built once per worker process.
+"""Trial task runs on Dask workers, with Prefect's run context built once per worker process
+(the worker's half of the fast path).
 
 prefect-dask's ``DaskTaskRunner.submit`` serialises the whole flow run context for every task
 (the flow object, every setting) and the worker rebuilds it from scratch for every task run: the
@@ -10,7 +11,7 @@ the expensive parts once (`_Connection`) and keeps them for later trials and exp
 Each trial is still a real Prefect task run of the experiment's flow run, run by Prefect's own
 task engine: its states, logs, name and tags reach the API as with ``task.submit``. Only the
 plumbing around it changes, and the tag concurrency slot request when no limit exists for the
-trial tags (`prefect_tune.prefect._engine`).
+trial tags (`prefect_tune.prefect._fast._engine`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from prefect.results import ResultStore
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from prefect_tune.engine import TrialOutcome, TrialRequest
-from prefect_tune.prefect._engine import TagLimits, run_task
+from prefect_tune.prefect._fast._engine import TagLimits, run_task
 from prefect_tune.prefect._task import Sealed, trial_run_name, trial_task
 
 

@@ -16,8 +16,11 @@ Prefect's own path and the limit holds as it would for any task. A limit created
 experiment runs applies to the trials that start at most `LIMITS_TTL_S` seconds later.
 
 Skipping the request means running `SyncTaskRunEngine.start` without it, which this module
-copies. The copy is used only while Prefect's own `start` is the one it was made from
-(`ENGINE_START_DIGEST`); with any other Prefect, every trial takes Prefect's path.
+copies. The copy, and the rest of the fast path, are used only while the Prefect code they copy
+or rely on is the code they were written against (`PREFECT_INTERNALS_DIGEST`,
+`internals_are_known`): with any other Prefect, the driver sends trials through Prefect's own
+``task_runner.submit`` (`prefect_tune.prefect._fast.fast_dispatch`), and a worker whose Prefect
+differs from the driver's still asks for every slot through Prefect's own `start`.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from opentelemetry import trace
 from prefect._flow_run_suspension import raise_if_flow_run_suspension_requested
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.objects import RunInput
+from prefect.context import ContextModel, SyncClientContext
 from prefect.exceptions import ObjectNotFound, UpstreamTaskError
 from prefect.states import Pending
 from prefect.task_engine import SyncTaskRunEngine
@@ -43,19 +47,38 @@ from prefect.tasks import Task
 
 LIMITS_TTL_S = 5.0
 
-# sha256 of `inspect.getsource(SyncTaskRunEngine.start)` in the Prefect release `_start_without_slots`
-# was copied from (3.9).
-ENGINE_START_DIGEST = "87f96ecd8e30213325443a63d9cc137220e860bb7f5e7aab3e402c0284554a3e"
+# The Prefect code the fast path copies (`SyncTaskRunEngine.start`, into `_start_without_slots`)
+# or relies on beyond its documented use: how a context keeps the token of the context variable
+# it set, which `_worker._Connection` resets to keep a client context open for good.
+RELIED_ON: tuple[Any, ...] = (
+    SyncTaskRunEngine.start,
+    ContextModel.__enter__,
+    ContextModel.__exit__,
+    SyncClientContext.__enter__,
+    SyncClientContext.__exit__,
+)
+
+# sha256 of the sources of `RELIED_ON`, one after the other, in the Prefect release they were
+# checked against (3.9.1).
+PREFECT_INTERNALS_DIGEST = "b05826147c291e62ed46981340e8b73a6b80737313fc748818abfbb6c57af370"
+
+
+def internals_digest() -> str | None:
+    """sha256 of the installed Prefect's sources of `RELIED_ON`; None if they cannot be read."""
+    digest = hashlib.sha256()
+    try:
+        for function in RELIED_ON:
+            digest.update(inspect.getsource(function).encode())
+    except (OSError, TypeError):  # no source shipped (a frozen or compiled install)
+        return None
+    return digest.hexdigest()
 
 
 @cache
-def engine_is_known() -> bool:
-    """Whether Prefect's `SyncTaskRunEngine.start` is the one `_TrialTaskEngine` copies."""
-    try:
-        source = inspect.getsource(SyncTaskRunEngine.start)
-    except (OSError, TypeError):
-        return False
-    return hashlib.sha256(source.encode()).hexdigest() == ENGINE_START_DIGEST
+def internals_are_known() -> bool:
+    """Whether the installed Prefect's code in `RELIED_ON` is the code the fast path was
+    written against."""
+    return internals_digest() == PREFECT_INTERNALS_DIGEST
 
 
 class TagLimits:
@@ -151,7 +174,7 @@ def run_task(task: Task[Any, Any], parameters: dict[str, Any], ask_for_slots: bo
     """Prefect's `run_task_sync(task, parameters=..., return_type="result")`, through
     `_TrialTaskEngine`."""
     engine = _TrialTaskEngine(task=task, parameters=parameters)
-    engine.ask_for_slots = ask_for_slots or not engine_is_known()
+    engine.ask_for_slots = ask_for_slots or not internals_are_known()
     with engine.start():
         while engine.is_running():
             engine.wait_until_ready()
@@ -165,4 +188,11 @@ def run_task(task: Task[Any, Any], parameters: dict[str, Any], ask_for_slots: bo
     return engine.result()
 
 
-__all__ = ["LIMITS_TTL_S", "TagLimits", "engine_is_known", "run_task"]
+__all__ = [
+    "LIMITS_TTL_S",
+    "PREFECT_INTERNALS_DIGEST",
+    "TagLimits",
+    "internals_are_known",
+    "internals_digest",
+    "run_task",
+]
