@@ -149,3 +149,8 @@ class TrialsErroredError(TrialError):
 
 class SessionError(PrefectTuneError, RuntimeError):
     """``report()`` or ``get_checkpoint()`` was called outside a running trial."""
+
+
+class PrefectAPIUnreachableError(PrefectTuneError, ConnectionError):
+    """A Dask worker cannot reach the Prefect API the experiment reports to (a temporary API
+    on the driver's host seen from a worker on another host, a firewall, a wrong URL)."""

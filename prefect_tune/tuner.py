@@ -55,23 +55,6 @@ def _stop_description(stop: Any) -> Any:
     return f"<function {_qualified_name(stop)}>"
 
 
-def _api_url_for_workers() -> str | None:
-    """The Prefect API URL this process uses, starting Prefect's temporary server if that is
-    what it would use."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
-
-    url = PREFECT_API_URL.value()
-    if url:
-        return str(url)
-    if not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
-        return None
-    from prefect.server.api.server import SubprocessASGIServer
-
-    server = SubprocessASGIServer()
-    server.start()
-    return server.api_url
-
-
 def _rebuild_space(definition: ExperimentDefinition, store: ExperimentStore) -> dict[str, Any]:
     """The stored search space, rebuilt; an empty one if it cannot be rebuilt but every trial
     is stored (with its config), so no config is ever drawn from it."""
@@ -344,13 +327,11 @@ class Tuner:
     # -- running ---------------------------------------------------------------------------------
 
     def _default_task_runner(self) -> TaskRunner[Any]:
-        """A ``DaskTaskRunner`` on a new local cluster whose workers report to this process's
-        Prefect API (when that API is Prefect's temporary one, workers would otherwise each
-        start their own)."""
+        """A ``DaskTaskRunner`` on a new local cluster (its workers report to this process's
+        Prefect API: see `prefect_tune.prefect`)."""
         from prefect_dask import DaskTaskRunner
 
-        url = _api_url_for_workers()
-        return DaskTaskRunner(cluster_kwargs={"env": {"PREFECT_API_URL": url}} if url else {})
+        return DaskTaskRunner()
 
     def fit(self) -> ResultGrid:
         """Runs the experiment (or the part of it not yet finished) and returns its results.

@@ -18,6 +18,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from prefect_tune.engine import TuneController
 from prefect_tune.exceptions import TrialsErroredError
+from prefect_tune.prefect._api import workers_use_the_driver_api
 from prefect_tune.prefect._executor import PrefectTaskExecutor
 from prefect_tune.state import FlowRunRecord, Lease, PackedSummary, TrialStatus
 from prefect_tune.storage import Storage, layout
@@ -200,7 +201,9 @@ def run_experiment_flow(
         persist_result=False,
         description=f"prefect-tune experiment {name!r}",
     )
-    return flow().trials
+    # Every Dask worker reports to this process's API, its temporary one too.
+    with workers_use_the_driver_api():
+        return flow().trials
 
 
 class _Trials:

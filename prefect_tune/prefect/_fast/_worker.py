@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prefect import Flow
+from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.objects import FlowRun
 from prefect.context import FlowRunContext, SettingsContext, SyncClientContext
 from prefect.logging.configuration import ensure_logging_setup
@@ -32,6 +34,7 @@ from prefect.results import ResultStore
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from prefect_tune.engine import TrialOutcome, TrialRequest
+from prefect_tune.exceptions import PrefectAPIUnreachableError
 from prefect_tune.prefect._fast._engine import TagLimits, run_task
 from prefect_tune.prefect._task import Sealed, trial_run_name, trial_task
 
@@ -106,6 +109,7 @@ class _Connection:
             self.client_context = SyncClientContext()
             self.client_context.__enter__()
             stack.callback(self._forget_client_context_token)
+            _check_reachable(self.client_context.client)
             flow: Flow[[], None] = Flow(fn=_experiment_flow_stub, name="prefect-tune")
             store = ResultStore().update_for_flow(flow, _sync=True)  # type: ignore[call-arg]
             assert isinstance(store, ResultStore)
@@ -114,6 +118,21 @@ class _Connection:
     def _forget_client_context_token(self) -> None:
         self.client_context.__var__.reset(self.client_context._token)  # type: ignore[arg-type]
         self.client_context._token = None
+
+
+def _check_reachable(client: SyncPrefectClient) -> None:
+    """Raises `PrefectAPIUnreachableError`, naming the API's URL, if ``client`` cannot reach it
+    (checked once per worker process, before its first trial's task run)."""
+    unhealthy = client.api_healthcheck()
+    if unhealthy is None:
+        return
+    raise PrefectAPIUnreachableError(
+        f"The Dask worker on {socket.gethostname()} cannot reach the Prefect API at "
+        f"{client.api_url} ({type(unhealthy).__name__}: {unhealthy}). Every worker reports its "
+        "trials there: set PREFECT_API_URL to a Prefect server that the driver and every worker "
+        "can reach (a temporary API that Prefect starts on the driver, when none is set, "
+        "listens on 127.0.0.1 of the driver's host only)."
+    )
 
 
 class _WorkerEnv:
