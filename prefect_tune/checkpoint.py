@@ -110,6 +110,11 @@ class Checkpoint:
         if self._committed:
             if self._listed is None:
                 self._listed = self._committed_files(storage)
+            if storage.local_files:  # no links elsewhere
+                # From its trial's directory: a checkpoint directory replaced by a link to
+                # somewhere else is refused, as a file replaced by one is.
+                name = storage.url.rpartition("/")[2]
+                self._trial_storage().check_inside(f"{name}/{rel}" for rel in self._listed)
             return self._listed
         files = storage.walk_files()
         files.pop(layout.MANIFEST_FILE, None)
@@ -117,9 +122,14 @@ class Checkpoint:
             raise CheckpointError(f"Checkpoint {self.path} does not exist.")
         return files
 
+    def _trial_storage(self) -> Storage:
+        """The directory of the trial that committed this checkpoint."""
+        trial_dir = self._storage_root().url.rpartition("/")[0]
+        return Storage.open(StorageSpec(trial_dir, self._spec.options))
+
     def _committed_files(self, storage: Storage) -> dict[str, int]:
-        trial_dir, _, name = storage.url.rpartition("/")
-        trial_storage = Storage.open(StorageSpec(trial_dir, self._spec.options))
+        name = storage.url.rpartition("/")[2]
+        trial_storage = self._trial_storage()
         try:
             data = trial_storage.read_bytes(layout.TRIAL_FILE)
         except FileNotFoundError as exc:
@@ -142,7 +152,8 @@ class Checkpoint:
             raise IncompleteCheckpointError(
                 f"Checkpoint {self.path} has no manifest: it was never committed."
             ) from exc
-        return {str(k): int(v) for k, v in manifest["files"].items()}
+        where = storage.uri(layout.MANIFEST_FILE)
+        return {layout.checked_path(str(k), where): int(v) for k, v in manifest["files"].items()}
 
     def to_directory(self, path: str | os.PathLike[str] | None = None) -> str:
         """Copies the checkpoint's files into a local directory and returns its path.
@@ -152,12 +163,17 @@ class Checkpoint:
 
         Raises:
             IncompleteCheckpointError: a stored checkpoint lacks files its manifest lists.
+            UnsafePathError: a file the checkpoint lists would be written outside ``path``, or
+                (on a local or NFS path) is a link to a file outside the experiment; nothing
+                is written.
         """
+        files = self._files()
+        for rel in files:  # before anything is written: no listed name leaves the target
+            layout.checked_path(rel, f"Checkpoint {self.path}")
         target = (
             os.path.abspath(path) if path is not None else tempfile.mkdtemp(prefix="checkpoint-")
         )
         os.makedirs(target, exist_ok=True)
-        files = self._files()
         storage = self._storage_root()
         storage.get_files((rel, os.path.join(target, *rel.split("/"))) for rel in files)
         for rel, size in files.items():

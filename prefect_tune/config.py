@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from prefect_tune.exceptions import ConfigError
-from prefect_tune.storage import refuse_block_with_options
+from prefect_tune.storage import layout, refuse_block_with_options
 
 if TYPE_CHECKING:
     from prefect_tune.storage import TuneStorage
@@ -250,6 +250,16 @@ class RunConfig:
                     "RunConfig",
                     "name",
                     f"is a directory name and cannot contain '/': {self.name!r}.",
+                )
+            # A name, never a pattern: fsspec reads these characters as a glob (an S3 delete of
+            # "exp*" deletes "exp-important"), and a file system or a terminal the others.
+            glob = "".join(sorted(set(self.name) & layout.GLOB_CHARACTERS))
+            problem = f"holds {glob!r}" if glob else layout.path_problem(self.name, single=True)
+            if problem is not None:
+                raise _fail(
+                    "RunConfig",
+                    "name",
+                    f"is a directory name, not a pattern or a path, and {problem}: {self.name!r}.",
                 )
         if self.storage is not None and self.storage_path is not None:
             raise ConfigError(

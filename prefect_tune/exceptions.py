@@ -24,6 +24,7 @@ __all__ = [
     "IncompleteCheckpointError",
     "StateError",
     "UnsupportedSchemaVersionError",
+    "UnsafePathError",
     "ExperimentNotFoundError",
     "ReportError",
     "ExperimentLockedError",
@@ -100,6 +101,13 @@ class StateError(PrefectTuneError):
 
 class UnsupportedSchemaVersionError(StateError, ValueError):
     """A state file was written by a newer prefect-tune than the one reading it."""
+
+
+class UnsafePathError(StateError, ValueError):
+    """A path read from stored state would lead outside its directory: a file or directory name
+    with a ``..``, ``.`` or empty segment, an absolute path, a backslash, a drive letter or a
+    control character, or (on a local or NFS path) a symbolic link to somewhere else. Nothing
+    is read from, written to or deleted at that path."""
 
 
 class ExperimentNotFoundError(StateError, FileNotFoundError):

@@ -51,6 +51,11 @@ def report(metrics: Mapping[str, Any], *, checkpoint: Checkpoint | None = None) 
     from it. ``training_iteration`` counts reports (it continues from the checkpoint on resume).
     If a stop condition is met, ``report()`` does not return: the trial ends there.
 
+    A checkpoint directory must exist and hold at least one file. A link in it to one of its own
+    files is uploaded as a regular file with that content; any other link (out of the directory,
+    dangling, or to a directory) is refused. A refused checkpoint commits nothing, and nothing
+    of that report is recorded.
+
     Args:
         metrics: Metric name -> JSON-friendly value (numbers, strings, bools, lists, dicts).
         checkpoint: A :class:`Checkpoint`, usually ``Checkpoint.from_directory(tmpdir)``; the
@@ -59,6 +64,8 @@ def report(metrics: Mapping[str, Any], *, checkpoint: Checkpoint | None = None) 
     Raises:
         ReportError: ``metrics`` is not a dict of JSON-friendly values.
         MetricNotReportedError: the experiment's metric (or checkpoint score attribute) is missing.
+        CheckpointError: ``checkpoint`` does not exist, holds no file, or holds a link or a
+            special file it may not.
         SessionError: called outside a trial.
 
     Examples:

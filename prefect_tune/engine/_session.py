@@ -38,7 +38,13 @@ from prefect_tune.engine._control import Decision, TrialControl, TrialStopped
 from prefect_tune.engine._fence import CommitFence
 from prefect_tune.engine._retention import checkpoints_to_drop
 from prefect_tune.exceptions import MetricNotReportedError, ReportError
-from prefect_tune.state import CarriedResults, CheckpointRecord, ExperimentStore, TrialState
+from prefect_tune.state import (
+    CarriedResults,
+    CheckpointRecord,
+    ExperimentStore,
+    TrialState,
+    local_checkpoint_files,
+)
 from prefect_tune.storage import layout
 
 logger = logging.getLogger("prefect_tune")
@@ -211,6 +217,11 @@ class TrialSession:
                 is not a Checkpoint.
             MetricNotReportedError: the experiment's metric or the checkpoint score attribute
                 is missing.
+            CheckpointError: ``checkpoint`` cannot be committed (see
+                :func:`~prefect_tune.state.local_checkpoint_files`); nothing of this report is
+                recorded.
+            UnsafePathError: ``checkpoint`` is a committed one that leads outside its
+                experiment; nothing of this report is recorded.
             TrialStopped: a control stopped or paused the trial, or its driver lost the lease.
         """
         if not isinstance(metrics, Mapping):
@@ -231,35 +242,43 @@ class TrialSession:
                 "change TuneConfig.metric."
             )
         now = time.monotonic()
-        self.iteration += 1
-        self.iterations_since_restore += 1
-        this_iter = now - self.last_report
-        self.last_report = now
-        self.time_total += this_iter
-        row.update(
-            training_iteration=self.iteration,
-            trial_id=self.trial.trial_id,
-            timestamp=int(time.time()),
-            date=dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S"),
-            time_this_iter_s=this_iter,
-            time_total_s=self.time_total,
-            time_since_restore=now - self.started,
-            iterations_since_restore=self.iterations_since_restore,
-            checkpoint_dir_name=None,
-            done=False,
-            hostname=self.host,
-            pid=self.pid,
-        )
-        with self._lock:
-            self.buffer.append(row)
-            self.trial.last_result = row
+        with contextlib.ExitStack() as source:
+            # The checkpoint's files are listed before anything of this report is recorded: one
+            # that cannot be committed (missing, empty, a link out of it) leaves the trial as
+            # it was.
+            local = None
             if checkpoint is not None:
-                self._commit_checkpoint(row, checkpoint)
-            elif now - self.last_flush >= self.flush_interval:
-                # The trial's state is written as at a commit: only while the lease is ours.
-                if self._fenced_at_commit() is Decision.ABANDON:
-                    raise TrialStopped(Decision.ABANDON)
-                self.flush(write_state=True)
+                local_dir = source.enter_context(checkpoint.as_source_directory())
+                local = (local_dir, local_checkpoint_files(local_dir))
+            self.iteration += 1
+            self.iterations_since_restore += 1
+            this_iter = now - self.last_report
+            self.last_report = now
+            self.time_total += this_iter
+            row.update(
+                training_iteration=self.iteration,
+                trial_id=self.trial.trial_id,
+                timestamp=int(time.time()),
+                date=dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S"),
+                time_this_iter_s=this_iter,
+                time_total_s=self.time_total,
+                time_since_restore=now - self.started,
+                iterations_since_restore=self.iterations_since_restore,
+                checkpoint_dir_name=None,
+                done=False,
+                hostname=self.host,
+                pid=self.pid,
+            )
+            with self._lock:
+                self.buffer.append(row)
+                self.trial.last_result = row
+                if local is not None:
+                    self._commit_checkpoint(row, *local)
+                elif now - self.last_flush >= self.flush_interval:
+                    # The trial's state is written as at a commit: only while the lease is ours.
+                    if self._fenced_at_commit() is Decision.ABANDON:
+                        raise TrialStopped(Decision.ABANDON)
+                    self.flush(write_state=True)
         for control in self.controls:
             decision = control.on_result(self.trial.trial_id, row)
             if decision is not Decision.CONTINUE:
@@ -306,7 +325,9 @@ class TrialSession:
     def _fenced_at_commit(self, during: Future[Decision] | None = None) -> Decision:
         return self.fence.at_commit(during) if self.fence is not None else Decision.CONTINUE
 
-    def _commit_checkpoint(self, row: dict[str, Any], checkpoint: Checkpoint) -> None:
+    def _commit_checkpoint(
+        self, row: dict[str, Any], local_dir: str, files: dict[str, int]
+    ) -> None:
         score_attr = self.checkpoint_config.checkpoint_score_attribute
         if score_attr is not None and score_attr not in row:
             raise MetricNotReportedError(
@@ -324,8 +345,7 @@ class TrialSession:
         flushed = None if self._carry() else pool.submit(self.flush)
         fenced = self.fence.read_during(pool) if self.fence is not None else None
         try:
-            with checkpoint.as_source_directory() as local_dir:
-                uploaded = self.store.upload_checkpoint(trial.dir_name, index, local_dir)
+            uploaded = self.store.upload_checkpoint(trial.dir_name, index, local_dir, files)
         except BaseException:
             pending: list[Future[Any]] = [f for f in (flushed, fenced) if f is not None]
             wait(pending)  # the upload's error is the one to raise

@@ -18,7 +18,7 @@ from prefect_tune.state._models import (
     load_document,
     load_document_json,
 )
-from prefect_tune.state._store import ExperimentStore
+from prefect_tune.state._store import ExperimentStore, local_checkpoint_files
 
 __all__ = [
     "DEFAULT_LEASE_TTL_S",
@@ -41,4 +41,5 @@ __all__ = [
     "TrialSummary",
     "load_document",
     "load_document_json",
+    "local_checkpoint_files",
 ]

@@ -22,11 +22,12 @@ from __future__ import annotations
 import json
 import time
 from enum import Enum
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from prefect_tune.exceptions import StateError, UnsupportedSchemaVersionError
+from prefect_tune.exceptions import StateError, UnsafePathError, UnsupportedSchemaVersionError
+from prefect_tune.storage import layout
 
 #: The version of the documents whose format never changed (definition, lease).
 SCHEMA_VERSION = 1
@@ -50,6 +51,52 @@ class TrialStatus(str, Enum):
         return self in (TrialStatus.TERMINATED, TrialStatus.ERROR)
 
 
+def _stored_name(value: str) -> str:
+    problem = layout.path_problem(value, single=True)
+    if problem is not None:
+        raise UnsafePathError(f"the directory name {value!r} {problem}")
+    return value
+
+
+def _stored_path(value: str) -> str:
+    problem = layout.path_problem(value)
+    if problem is not None:
+        raise UnsafePathError(f"the path {value!r} {problem}")
+    return value
+
+
+#: A directory name read from stored state, joined below its parent: one safe name.
+StoredName = Annotated[str, AfterValidator(_stored_name)]
+#: A relative path read from stored state (a checkpoint's file): safe segments only.
+StoredPath = Annotated[str, AfterValidator(_stored_path)]
+
+
+def _field(loc: tuple[int | str, ...]) -> str:
+    """A validation error's location as a reader writes it: ``checkpoints[0].files``."""
+    parts = list(loc[:-2] if loc and loc[-1] == "[key]" else loc)  # a dict key: its dict
+    return "".join(
+        f"[{part}]" if isinstance(part, int) else f".{part}" if i else str(part)
+        for i, part in enumerate(parts)
+    )
+
+
+def _damaged(exc: ValidationError, message: str) -> StateError:
+    """The error for a document that failed validation: an `UnsafePathError` when a path in
+    it could lead outside its directory (naming each), a `StateError` otherwise."""
+    unsafe = [
+        f"{_field(error['loc'])}: {cause}"
+        for error in exc.errors()
+        if isinstance(cause := (error.get("ctx") or {}).get("error"), UnsafePathError)
+    ]
+    if unsafe:
+        return UnsafePathError(
+            f"{message}: {'; '.join(unsafe)}. A path read from stored state must stay inside "
+            "its directory: the file is damaged, or was written to lead elsewhere; nothing was "
+            "read from or written to that path."
+        )
+    return StateError(f"{message}: {exc}")
+
+
 class _Model(BaseModel):
     # NaN and inf are legitimate metric values: keep them (as JSON's NaN/Infinity), not null.
     model_config = ConfigDict(extra="ignore", ser_json_inf_nan="constants")
@@ -59,12 +106,12 @@ class CheckpointRecord(_Model):
     """A committed checkpoint of a trial."""
 
     index: int
-    dir_name: str = Field(description="Directory name below the trial's directory.")
+    dir_name: StoredName = Field(description="Directory name below the trial's directory.")
     training_iteration: int
     metrics: dict[str, Any] = Field(default_factory=dict)
     created_at: float = Field(default_factory=time.time)
     size_bytes: int = 0
-    files: dict[str, int] | None = Field(
+    files: dict[StoredPath, int] | None = Field(
         None,
         description="Relative path -> size in bytes of each file of the checkpoint. None in a "
         "version 1 trial state, whose checkpoints list their files in a manifest.",
@@ -104,7 +151,7 @@ class TrialState(_Model):
     schema_version: int = TRIAL_SCHEMA_VERSION
     trial_id: str
     index: int
-    dir_name: str
+    dir_name: StoredName
     config: dict[str, Any]
     status: TrialStatus = TrialStatus.PENDING
     last_result: dict[str, Any] | None = None
@@ -132,11 +179,11 @@ class TrialSummary(_Model):
 
     trial_id: str
     index: int
-    dir_name: str
+    dir_name: StoredName
     config: dict[str, Any]
     status: TrialStatus = TrialStatus.PENDING
     last_result: dict[str, Any] | None = None
-    checkpoint: str | None = Field(
+    checkpoint: StoredName | None = Field(
         None, description="Directory name of the trial's latest committed checkpoint."
     )
     num_failures: int = 0
@@ -174,13 +221,15 @@ class TrialSummary(_Model):
 
 
 class _SummaryKey(_Model):
-    """The fields of a `TrialSummary` that a `PackedSummary` keeps unpacked, and its directory
-    (validating only these skips building the config and the last result)."""
+    """The fields of a `TrialSummary` that a `PackedSummary` keeps unpacked, and the names it
+    joins into paths, checked as the file is read (validating only these skips building the
+    config and the last result)."""
 
     index: int
     status: TrialStatus
     num_failures: int = 0
-    dir_name: str
+    dir_name: StoredName
+    checkpoint: StoredName | None = None
 
 
 class PackedSummary:
@@ -229,7 +278,7 @@ class PackedSummary:
         try:
             key = _SummaryKey.model_validate_json(data)
         except ValidationError as exc:
-            raise StateError(f"A trial summary in {where} is damaged: {exc}") from exc
+            raise _damaged(exc, f"A trial summary in {where} is damaged") from exc
         return cls(key.index, key.status, key.num_failures, data), key.dir_name
 
     def unpack(self) -> TrialSummary:
@@ -241,7 +290,7 @@ class PackedSummary:
         try:
             return TrialSummary.model_validate_json(self.data)
         except ValidationError as exc:
-            raise StateError(f"The summary of trial {self.index} is damaged: {exc}") from exc
+            raise _damaged(exc, f"The summary of trial {self.index} is damaged") from exc
 
     def with_status(self, status: TrialStatus) -> PackedSummary:
         return PackedSummary.of(self.unpack().model_copy(update={"status": status}))
@@ -397,6 +446,7 @@ def load_document(model: type[M], raw: Any, where: str) -> M:
 
     Raises:
         UnsupportedSchemaVersionError: the document is from a newer prefect-tune.
+        UnsafePathError: a name or path in the document could lead outside its directory.
         StateError: the document is not a valid ``model``.
     """
     if not isinstance(raw, dict):
@@ -415,7 +465,7 @@ def load_document(model: type[M], raw: Any, where: str) -> M:
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        raise StateError(f"{where} is not a valid {model.__name__}: {exc}") from exc
+        raise _damaged(exc, f"{where} is not a valid {model.__name__}") from exc
 
 
 def load_document_json(model: type[M], data: bytes, where: str) -> M:

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from prefect_tune.exceptions import ExperimentNotFoundError, StateError
+from prefect_tune.exceptions import CheckpointError, ExperimentNotFoundError, StateError
 from prefect_tune.state._models import (
     CheckpointRecord,
     ExperimentDefinition,
@@ -50,6 +51,78 @@ class UploadedFiles:
     @property
     def size_bytes(self) -> int:
         return sum(self.files.values())
+
+
+def local_checkpoint_files(local_dir: str) -> dict[str, int]:
+    """The files of a local checkpoint directory, as they are to be uploaded: relative path ->
+    size in bytes.
+
+    Every name must be one that a reader accepts (see
+    :func:`~prefect_tune.storage.layout.path_problem`: no backslash or control character). A
+    link to a file inside the directory counts as that file: its content is uploaded. Any
+    other link (to a place outside the directory, dangling, or to a directory) and anything
+    that is not a regular file (a FIFO, a socket) is refused: following it would upload what
+    the trainable never put in its checkpoint (a link to ``/etc/passwd``), and skipping it
+    would drop part of what it did.
+
+    Raises:
+        CheckpointError: ``local_dir`` is not a directory, holds no file (a checkpoint needs
+            at least one), or holds a name, a link or a special file refused above.
+    """
+    if not os.path.isdir(local_dir):
+        raise CheckpointError(
+            f"Checkpoint {local_dir} does not exist or is not a directory: nothing to commit."
+        )
+    inside = os.path.realpath(local_dir).rstrip("/") + "/"
+
+    def refuse(error: OSError) -> None:
+        raise CheckpointError(f"Checkpoint {local_dir}: cannot read {error.filename}: {error}")
+
+    files: dict[str, int] = {}
+    for parent, directories, names in os.walk(local_dir, onerror=refuse):
+        for name in directories:
+            if os.path.islink(os.path.join(parent, name)):
+                raise CheckpointError(
+                    f"Checkpoint {local_dir}: {os.path.join(parent, name)} is a link to a "
+                    "directory; a checkpoint holds files and directories, and links to files "
+                    "inside it only: copy the directory in instead. Nothing was committed."
+                )
+        for name in names:
+            full = os.path.join(parent, name)
+            rel = os.path.relpath(full, local_dir).replace(os.sep, "/")
+            if rel == layout.MANIFEST_FILE:
+                continue
+            problem = layout.path_problem(rel)
+            if problem is not None:  # it would make the trial's own state unreadable
+                raise CheckpointError(
+                    f"Checkpoint {local_dir}: the file name {rel!r} {problem} and cannot be "
+                    "stored; rename it. Nothing was committed."
+                )
+            if os.path.islink(full):
+                real = os.path.realpath(full)
+                if not real.startswith(inside):
+                    refused = f"a link to {real}, outside the checkpoint directory"
+                elif not os.path.isfile(real):
+                    refused = f"a link to {real}, which is missing or not a regular file"
+                else:
+                    refused = ""
+                if refused:
+                    raise CheckpointError(
+                        f"Checkpoint {local_dir}: {full} is {refused}. A checkpoint may hold "
+                        "links to its own files only: copy the file in instead. Nothing was "
+                        "committed."
+                    )
+            elif not stat.S_ISREG(os.lstat(full).st_mode):
+                raise CheckpointError(
+                    f"Checkpoint {local_dir}: {full} is not a regular file; nothing was committed."
+                )
+            files[rel] = os.path.getsize(full)
+    if not files:
+        raise CheckpointError(
+            f"Checkpoint {local_dir} holds no file: a checkpoint needs at least one; nothing "
+            "was committed."
+        )
+    return files
 
 
 # Reading trial files one after the other costs a round trip each on object stores; on a local
@@ -325,21 +398,27 @@ class ExperimentStore:
 
     # -- checkpoints -----------------------------------------------------------------------------
 
-    def upload_checkpoint(self, dir_name: str, index: int, local_dir: str) -> UploadedFiles:
+    def upload_checkpoint(
+        self, dir_name: str, index: int, local_dir: str, files: dict[str, int] | None = None
+    ) -> UploadedFiles:
         """Uploads the files of a local checkpoint directory as the trial's checkpoint ``index``.
 
         The checkpoint is committed only when the trial's state lists it (`CheckpointRecord`
         with these ``files``): until then a reader ignores the directory, and the trial's next
         attempt deletes it.
+
+        Args:
+            dir_name: The trial's directory.
+            index: The checkpoint's index.
+            local_dir: The local checkpoint directory.
+            files: Its `local_checkpoint_files`, if already listed.
+
+        Raises:
+            CheckpointError: the directory cannot be a checkpoint (see `local_checkpoint_files`);
+                nothing is uploaded.
         """
-        files: dict[str, int] = {}
-        for parent, _, names in os.walk(local_dir):
-            for name in names:
-                full = os.path.join(parent, name)
-                rel = os.path.relpath(full, local_dir).replace(os.sep, "/")
-                if rel == layout.MANIFEST_FILE:
-                    continue
-                files[rel] = os.path.getsize(full)
+        if files is None:
+            files = local_checkpoint_files(local_dir)
         target = layout.checkpoint_dir(dir_name, index)
         # A partial directory of the same name (a crash mid-upload) was removed when this
         # attempt began; stray files would be ignored anyway, since readers go by the list.

@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterator
 
 from prefect_tune.exceptions import (
+    PrefectTuneError,
     StorageCredentialsError,
     StorageDriverMissingError,
     StorageError,
@@ -152,7 +153,7 @@ def translated(url: str) -> Iterator[None]:
     """Re-raises any backend error inside the block as the matching :class:`StorageError`."""
     try:
         yield
-    except StorageError:
+    except PrefectTuneError:  # ours already (an UnsafePathError is a ValueError too)
         raise
     except (OSError, ValueError, RuntimeError, TimeoutError) as exc:
         raise translate(exc, url) from exc

@@ -27,6 +27,8 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from prefect_tune.exceptions import UnsafePathError
+from prefect_tune.storage import _layout as layout
 from prefect_tune.storage._errors import driver_missing, redact, translated, unknown_scheme
 
 
@@ -79,7 +81,8 @@ class Storage:
 
     All paths given to methods are relative to the storage root and use ``/``. Every method raises
     a :class:`~prefect_tune.exceptions.StorageError` subclass on failure (never a raw driver
-    error) and is safe to call from several threads.
+    error), or :class:`~prefect_tune.exceptions.UnsafePathError` for a path that could lead
+    outside the root, and is safe to call from several threads.
 
     Examples:
         >>> storage = Storage.open(StorageSpec("memory://doc-example"))
@@ -123,6 +126,7 @@ class Storage:
         #: s3fs asks for an object's size (a HEAD) before each whole-object read, to split big
         #: ones into ranges read at once; the files read whole here are small, so one GET.
         self._read_kwargs = _single_request_read(self.fs)
+        self._real_root: str | None = None  # the root with its links resolved, once needed
 
     @classmethod
     def open(cls, spec: StorageSpec | str) -> Storage:
@@ -144,9 +148,18 @@ class Storage:
     # -- paths ---------------------------------------------------------------------------------
 
     def full_path(self, rel: str = "") -> str:
-        """The filesystem path (no protocol) of ``rel``."""
-        rel = rel.strip("/")
-        return f"{self.root}/{rel}" if rel else self.root
+        """The filesystem path (no protocol) of ``rel``; ``""`` is the root itself.
+
+        Every read, write and delete passes here: a ``rel`` that could lead outside the root
+        (see :func:`~prefect_tune.storage.layout.path_problem`) is refused on every backend.
+
+        Raises:
+            UnsafePathError: ``rel`` could lead outside the root.
+        """
+        rel = rel.rstrip("/")
+        if not rel:
+            return self.root
+        return f"{self.root}/{layout.checked_path(rel, f'Below {self.url}')}"
 
     def uri(self, rel: str = "") -> str:
         """The URL of ``rel``, as a user would pass it back (a plain path for local storage)."""
@@ -250,12 +263,47 @@ class Storage:
         return out
 
     def delete(self, rel: str) -> None:
-        """Deletes a file or a whole directory tree; a missing ``rel`` is not an error."""
+        """Deletes a file or a whole directory tree; a missing ``rel`` is not an error.
+
+        ``rel`` is a name, never a pattern: fsspec reads ``*?[`` in a path as a glob (an ``rm``
+        of ``exp*`` on S3 deletes ``exp-important`` too), so a path holding one is deleted by
+        the exact names of the files below it.
+        """
         path = self.full_path(rel)
         with translated(self.uri(rel)):
             self.fs.invalidate_cache(path)
+            if _GLOB_CHARACTERS.search(path):
+                self._delete_exactly(path)
+                return
             with contextlib.suppress(FileNotFoundError):
                 self.fs.rm(path, recursive=True)
+
+    def _delete_exactly(self, path: str) -> None:
+        """`delete` of ``path`` with no fsspec call that expands patterns."""
+        if self.local_files:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+            return
+        try:
+            found = self.fs.find(path, withdirs=True, detail=True)
+        except FileNotFoundError:
+            return
+        directories = []
+        for name, info in found.items():
+            if info.get("type") == "directory":
+                directories.append(str(name))
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    self.fs.rm_file(name)
+        if not self.directories_are_prefixes:  # directories of their own (memory://): deepest first
+            directories.append(path)
+            for name in sorted(set(directories), key=len, reverse=True):
+                with contextlib.suppress(FileNotFoundError):
+                    self.fs.rmdir(name)
+        self.fs.invalidate_cache(path)
 
     def delete_files(self, rels: Iterable[str]) -> None:
         """Deletes the files named; a missing one is not an error. Nothing is listed: on S3 or GCS
@@ -308,8 +356,33 @@ class Storage:
                     [self.full_path(rel) for rel, _ in pairs], [local for _, local in pairs]
                 )
                 return
+            self.check_inside(rel for rel, _ in pairs)
             for rel, local in pairs:
                 copy_file(self.full_path(rel), local)
+
+    def check_inside(self, rels: Iterable[str]) -> None:
+        """Refuses files that a symbolic link leads outside the root, on a local or NFS path
+        (elsewhere there are no links: this does nothing).
+
+        A file of a shared experiment replaced by a link to someone's private file must never
+        be read for them and copied out (to a checkpoint's download, or back into storage).
+
+        Raises:
+            UnsafePathError: a file of ``rels`` is a link, or is below one, to a place outside
+                the root.
+        """
+        if not self.local_files:
+            return
+        if self._real_root is None:
+            self._real_root = os.path.realpath(self.root)
+        inside = self._real_root.rstrip("/") + "/"
+        for rel in rels:
+            real = os.path.realpath(self.full_path(rel))
+            if real != self._real_root and not real.startswith(inside):
+                raise UnsafePathError(
+                    f"{self.uri(rel)} is a symbolic link (or is below one) to {real}, outside "
+                    f"{self.url}; it is refused (nothing was read from it)."
+                )
 
 
 #: The fsspec drivers whose directories are key prefixes (see `Storage.directories_are_prefixes`).

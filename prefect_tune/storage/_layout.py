@@ -16,11 +16,17 @@
             checkpoint_000003/          a checkpoint's files
                 .prefect_tune_manifest.json  only in checkpoints of a version 1 trial.json:
                                         written last, it listed the files and committed them
+
+Every name here that comes from stored state (a trial's directory, a checkpoint's directory,
+the files a checkpoint lists) is checked by `path_problem` before it is joined: stored state is
+read from buckets and shares that others write.
 """
 
 from __future__ import annotations
 
 import re
+
+from prefect_tune.exceptions import UnsafePathError
 
 EXPERIMENT_FILE = "experiment.json"
 EXPERIMENT_STATE_FILE = "experiment_state.json"
@@ -35,8 +41,79 @@ PROBE_DIR = ".probe"
 #: One record per driver (flow run) of the experiment, written before it takes the lease.
 DRIVERS_DIR = "drivers"
 
+#: Characters fsspec (and any glob) reads as a pattern in a path.
+GLOB_CHARACTERS = frozenset("*?[]")
+
 _SEGMENT = re.compile(r"^(\d{4})-(\d{6})\.jsonl$")
 _CHECKPOINT = re.compile(r"^checkpoint_(\d{6})$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# What nearly every name is (the names prefect-tune makes, most file names): accepted at once.
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]*")
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]*(?:/[A-Za-z0-9_\-][A-Za-z0-9_.\-]*)*")
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def path_problem(rel: object, *, single: bool = False) -> str | None:
+    """What would let ``rel``, joined below a directory, lead outside it; None when nothing.
+
+    A safe path is relative, with ``/`` between its segments, each a plain name: not empty, not
+    ``.`` nor ``..``, no backslash (a separator on Windows), no control character (NUL, a
+    newline...) and no drive letter. The same rule serves every backend: on an object store
+    ``..`` is a key's plain text, but the local disk, an NFS mount, and any user who copies the
+    experiment there, resolve it.
+
+    Args:
+        rel: The path, as read from stored state.
+        single: Whether ``rel`` must be one name (a directory name), without ``/``.
+
+    Examples:
+        >>> path_problem("sub/weights.bin") is None
+        True
+        >>> path_problem("../../victim")
+        "has a '..' segment"
+    """
+    if not isinstance(rel, str):
+        return f"is a {type(rel).__name__}, not a string"
+    if (_PLAIN_NAME if single else _PLAIN_PATH).fullmatch(rel):
+        return None
+    if not rel:
+        return "is empty"
+    if _CONTROL.search(rel):
+        return "holds a control character"
+    if "\\" in rel:
+        return "holds a backslash"
+    if rel.startswith("/"):
+        return "is absolute"
+    if _DRIVE.match(rel):
+        return "starts with a drive letter"
+    for segment in rel.split("/"):
+        if not segment:
+            return "has an empty segment"
+        if segment in (".", ".."):
+            return f"has a {segment!r} segment"
+    if single and "/" in rel:
+        return "holds a '/' but must be a single name"
+    return None
+
+
+def checked_path(rel: str, where: str, *, single: bool = False) -> str:
+    """``rel``, if `path_problem` finds nothing wrong with it.
+
+    Args:
+        rel: The path, as read from stored state.
+        where: The file it was read from (or the directory it is below), for the message.
+        single: Whether ``rel`` must be one name, without ``/``.
+
+    Raises:
+        UnsafePathError: ``rel`` could lead outside its directory.
+    """
+    problem = path_problem(rel, single=single)
+    if problem is not None:
+        raise UnsafePathError(
+            f"{where}: the path {rel!r} {problem}, so it could lead outside its directory; it "
+            "is refused (nothing was read from, written to or deleted there)."
+        )
+    return rel
 
 
 def probe_file(token: str) -> str:
