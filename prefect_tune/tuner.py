@@ -387,7 +387,8 @@ class Tuner:
         Raises:
             StorageError: the storage path cannot be reached or written.
             ConfigError: a stored experiment of the same name has another definition.
-            ExperimentLockedError: another live driver is running this experiment.
+            ExperimentLockedError: another live driver is running this experiment (nothing
+                stored is deleted or written then, even with ``resume="overwrite"``).
             TrialError: a trial errored and ``fail_fast="raise"``.
         """
         store = ExperimentStore(self.experiment.open())
