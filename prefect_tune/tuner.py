@@ -176,14 +176,19 @@ class Tuner:
             stop=_stop_description(self.run_config.stop),
         )
 
-    def _prepare(self, store: ExperimentStore) -> ExperimentDefinition:
-        """Writes the definition of a new experiment, or checks a stored one matches, as
-        ``RunConfig(resume=...)`` says."""
-        mode = self.run_config.resume if not self._restoring else "required"
+    def _resumed(self, store: ExperimentStore, mode: str) -> ExperimentDefinition | None:
+        """The stored definition this run resumes, or None when it starts a new experiment (in
+        place of the stored one, for ``mode="overwrite"``), as ``RunConfig(resume=mode)`` says.
+        Only reads.
+
+        Raises:
+            ExperimentExistsError: one is stored and ``resume="never"``.
+            ExperimentNotFoundError: none is stored and ``resume="required"`` (or a restore).
+            ConfigError: the stored one has another definition.
+        """
         exists = store.exists()
         if exists and mode == "overwrite":
-            store.storage.delete("")
-            exists = False
+            return None
         if exists and mode == "never":
             raise ExperimentExistsError(
                 f"An experiment named {self.name!r} is already stored at {store.uri} and "
@@ -196,9 +201,7 @@ class Tuner:
                     f"No experiment is stored at {store.uri} to resume "
                     "(RunConfig(resume='required'))."
                 )
-            fresh = self._definition()
-            store.write_definition(fresh)
-            return fresh
+            return None
         stored = store.read_definition()
         if self._restoring:
             return stored
@@ -217,9 +220,32 @@ class Tuner:
                 "experiment, RunConfig(resume='overwrite') to replace it, or the same "
                 "definition to resume it."
             )
-        # Resuming: keep the stored seed so trial configs continue the same sequence.
-        self.generator = BasicVariantGenerator(self.param_space, stored.num_samples, stored.seed)
         return stored
+
+    def _prepare(
+        self, store: ExperimentStore, mode: str
+    ) -> tuple[ExperimentDefinition, BasicVariantGenerator]:
+        """Writes the definition of a new experiment (deleting the stored one it replaces), or
+        checks a stored one matches, as ``RunConfig(resume=mode)`` says; only the driver
+        holding the experiment's lease calls it. Returns the definition and the generator to
+        run.
+
+        Raises:
+            ExperimentExistsError, ExperimentNotFoundError, ConfigError: as `_resumed`.
+        """
+        stored = self._resumed(store, mode)
+        if stored is None:
+            if mode == "overwrite":
+                store.clear()
+            fresh = self._definition()
+            store.write_definition(fresh)
+            return fresh, self.generator
+        if not self._restoring:
+            # Resuming: keep the stored seed so trial configs continue the same sequence.
+            self.generator = BasicVariantGenerator(
+                self.param_space, stored.num_samples, stored.seed
+            )
+        return stored, self.generator
 
     # -- restoring -------------------------------------------------------------------------------
 
@@ -342,11 +368,22 @@ class Tuner:
         Raises:
             StorageError: the storage path cannot be reached or written.
             ConfigError: a stored experiment of the same name has another definition.
-            ExperimentLockedError: another live driver is running this experiment.
+            ExperimentLockedError: another live driver is running this experiment (nothing
+                stored is deleted or written then, even with ``resume="overwrite"``).
             TrialError: a trial errored and ``fail_fast="raise"``.
         """
         store = ExperimentStore(self.experiment.open())
-        definition = self._prepare(store)
+        # Refused here already when it would be, but decided (and written) only under the
+        # lease: another driver may write or replace the definition until then.
+        mode: str = self.run_config.resume if not self._restoring else "required"
+        definition = self._resumed(store, mode) or self._definition()
+
+        def prepare() -> tuple[ExperimentDefinition, BasicVariantGenerator]:
+            nonlocal definition, mode
+            definition, generator = self._prepare(store, mode)
+            mode = "required"  # a Prefect retry of the flow resumes what its first run began
+            return definition, generator
+
         task_runner = (
             self.task_runner if self.task_runner is not None else self._default_task_runner()
         )
@@ -379,6 +416,7 @@ class Tuner:
                 lease_ttl_s=rc.lease_ttl_s,
                 on_takeover=on_takeover,
                 on_acquired=on_acquired,
+                prepare=prepare,
             )
 
         from prefect_tune.prefect import run_experiment_flow

@@ -5,6 +5,7 @@ fail-fast, restore from a moved directory and from S3."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import socket
@@ -27,6 +28,7 @@ from prefect_tune.exceptions import (
     ExperimentNotFoundError,
     TrialError,
 )
+from prefect_tune.prefect import experiment_tag
 from prefect_tune.state import Lease, TrialStatus
 from prefect_tune.storage import Storage, StorageSpec, layout
 from tests import trainables
@@ -257,10 +259,17 @@ def test_live_lease_blocks_a_second_driver_and_expired_one_is_taken_over(prefect
     assert flaky_tuner(dirs, runner, "leased", ["z"]).fit().num_terminated == 1
 
 
-async def _running_flow_run(name: str) -> uuid.UUID:
+def experiment_tag_of(dirs, name) -> str:
+    return experiment_tag(Storage.open(StorageSpec(str(dirs["store"] / name))).url)
+
+
+async def _running_flow_run(
+    name: str, *, flow_name: str = "killed-driver", tags: tuple[str, ...] = ()
+) -> uuid.UUID:
+    """A RUNNING flow run, as a killed driver leaves its own (with its experiment's tag)."""
     async with get_client() as client:
         created = await client.create_flow_run(
-            flow=flow(name="killed-driver")(lambda: None), name=name
+            flow=flow(name=flow_name)(lambda: None), name=name, tags=list(tags)
         )
         await client.set_flow_run_state(created.id, Running(), force=True)
         return created.id
@@ -272,7 +281,9 @@ async def _state_of(run_id):
 
 
 def test_takeover_marks_the_killed_run_crashed(prefect_api, runner, dirs):
-    old_run_id = asyncio.run(_running_flow_run("killed-run"))
+    old_run_id = asyncio.run(
+        _running_flow_run("killed-run", tags=(experiment_tag_of(dirs, "taken"),))
+    )
     write_lease(
         dirs, "taken", flow_run_id=str(old_run_id), flow_run_name="killed-run", pid=_dead_pid()
     )
@@ -292,8 +303,9 @@ def test_takeover_marks_the_killed_run_crashed(prefect_api, runner, dirs):
 def test_a_driver_killed_before_taking_the_lease_is_marked_crashed(prefect_api, runner, dirs):
     """Its record under drivers/ is all that is left of it: the next driver marks its flow run
     CRASHED and tidies the record up; a live driver's record is left alone."""
-    dead_id = asyncio.run(_running_flow_run("died-starting"))
-    live_id = asyncio.run(_running_flow_run("still-starting"))
+    tags = (experiment_tag_of(dirs, "unleased"),)
+    dead_id = asyncio.run(_running_flow_run("died-starting", tags=tags))
+    live_id = asyncio.run(_running_flow_run("still-starting", tags=tags))
     store = Storage.open(StorageSpec(str(dirs["store"] / "unleased")))
     for run_id, name, pid in (
         (dead_id, "died-starting", _dead_pid()),
@@ -313,6 +325,42 @@ def test_a_driver_killed_before_taking_the_lease_is_marked_crashed(prefect_api, 
     assert dead.is_crashed() and str(new_run.id) in dead.message
     assert asyncio.run(_state_of(live_id)).is_running()
     assert store.list_dir(layout.DRIVERS_DIR) == [f"{live_id}.json"]  # its own record is gone too
+
+
+def test_records_naming_flow_runs_of_no_experiment_leave_them_alone(
+    prefect_api, runner, dirs, caplog
+):
+    """A planted lease.json and drivers/<id>.json name running flow runs that are not runs of
+    the experiment (another flow's, and a user's flow that shares the experiment's name): the
+    driver takes the experiment over but leaves both runs RUNNING, names the records in a
+    warning, and removes only the record that is provably stale."""
+    other = asyncio.run(_running_flow_run("someone-elses-run", flow_name="nightly-etl"))
+    namesake = asyncio.run(_running_flow_run("namesake-run", flow_name="planted"))
+    write_lease(
+        dirs, "planted", flow_run_id=str(other), flow_run_name="someone-elses-run", pid=_dead_pid()
+    )
+    store = Storage.open(StorageSpec(str(dirs["store"] / "planted")))
+    for file_id, run_id in ((str(namesake), namesake), ("not-a-flow-run-id", other)):
+        record = Lease(
+            owner=file_id,
+            host=socket.gethostname(),
+            pid=_dead_pid(),
+            flow_run_id=str(run_id),
+            flow_run_name="planted",
+        )
+        store.write_bytes(layout.driver_file(file_id), record.model_dump_json().encode())
+    with caplog.at_level(logging.WARNING, logger="prefect_tune"):
+        assert flaky_tuner(dirs, runner, "planted", ["p"]).fit().num_terminated == 1
+    assert asyncio.run(_state_of(other)).is_running()
+    assert asyncio.run(_state_of(namesake)).is_running()
+    (new_run,) = flow_runs_named("planted")
+    assert experiment_tag_of(dirs, "planted") in new_run.tags
+    # The record of a dead driver goes; the one that is no record of any flow run stays.
+    assert store.list_dir(layout.DRIVERS_DIR) == ["not-a-flow-run-id.json"]
+    warned = "\n".join(r.getMessage() for r in caplog.records)
+    assert f"{store.uri(layout.LEASE_FILE)} names flow run someone-elses-run" in warned
+    assert f"{store.uri(layout.driver_file(str(namesake)))} names flow run namesake-run" in warned
+    assert f"{store.uri(layout.driver_file('not-a-flow-run-id'))} is not a driver record" in warned
 
 
 def test_an_attempt_its_driver_left_running_is_closed_when_the_trial_resumes(

@@ -118,3 +118,29 @@ def timed_sleep(config: dict[str, Any]) -> None:
     started = time.time()
     time.sleep(float(config["sleep_s"]))
     tune.report({"loss": float(config.get("x", 0)), "started": started, "ended": time.time()})
+
+
+def gated(config: dict[str, Any]) -> None:
+    """Reports ``config["steps"]`` (default 2) steps, a checkpoint each; after step
+    ``config["hold_at"]`` (default 1) it creates ``<marks>/held-<x>`` and waits until the file
+    ``config["gate"]`` exists, so that a test holds the trial there while it tries something."""
+    import time
+
+    held = False
+    for step in range(1, int(config.get("steps", 2)) + 1):
+        with tempfile.TemporaryDirectory() as d:
+            with open(os.path.join(d, "state.json"), "w") as fh:
+                json.dump({"step": step, "x": config["x"]}, fh)
+            tune.report(
+                {"loss": float(config["x"]) / step, "step": step},
+                checkpoint=Checkpoint.from_directory(d),
+            )
+        if step == int(config.get("hold_at", 1)) and not held:
+            held = True
+            with open(os.path.join(config["marks"], f"held-{config['x']}"), "w"):
+                pass
+            deadline = time.monotonic() + float(config.get("hold_timeout_s", 300))
+            while not os.path.exists(config["gate"]):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the gate {config['gate']} never opened")
+                time.sleep(0.02)

@@ -67,9 +67,11 @@ class TuneController:
     their outcomes, retries failures and persists the experiment's state.
 
     Args:
-        store: The experiment's store; its definition is already written.
-        definition: The stored definition (ids, metric).
-        generator: Yields trial configs by index.
+        store: The experiment's store; its definition is already written, unless ``prepare``
+            writes it.
+        definition: The stored definition (ids, metric), or the one expected until ``prepare``
+            gives it.
+        generator: Yields trial configs by index (of ``definition``).
         trainable: The user's function.
         executor: Where trials run.
         checkpoint_config: Passed to every trial.
@@ -87,6 +89,10 @@ class TuneController:
         fence_interval_s: How often running trials check the lease.
         on_takeover: Called with the lease of a driver that was taken over (it crashed).
         on_acquired: Called each time this driver has taken the lease, after ``on_takeover``.
+        prepare: Called while this driver holds the lease, before any trial state is read:
+            checks the stored definition or writes a new one (deleting a stored experiment it
+            replaces), and returns the definition to run with its generator. What destroys or
+            writes a definition thus never races another driver.
     """
 
     def __init__(
@@ -110,6 +116,7 @@ class TuneController:
         fence_interval_s: float = 2.0,
         on_takeover: Callable[[Lease], None] | None = None,
         on_acquired: Callable[[], None] | None = None,
+        prepare: Callable[[], tuple[ExperimentDefinition, BasicVariantGenerator]] | None = None,
     ):
         self.store = store
         self.definition = definition
@@ -135,6 +142,7 @@ class TuneController:
         self.fence_interval_s = fence_interval_s
         self.on_takeover = on_takeover
         self.on_acquired = on_acquired
+        self.prepare = prepare
         # The trial table. A trial this driver is running, or has queued with a state newer
         # than its stored one, is in `_live` whole; any other, finished ones above all, is in
         # `_packed` as its summary only: its trial.json holds the rest.
@@ -261,6 +269,10 @@ class TuneController:
             try:
                 self.executor.check_storage(self.store.storage)
                 time.sleep(max(0.0, resume_at - time.monotonic()))
+                # Not earlier: the trials of a driver taken over have stopped writing by now,
+                # so none of their files outlive an overwrite.
+                if self.prepare is not None:
+                    self.definition, self.generator = self.prepare()
                 return self._run()
             finally:
                 self.executor.close()

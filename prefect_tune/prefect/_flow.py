@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import socket
@@ -10,11 +11,13 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from prefect import Flow
-from prefect.client.orchestration import get_client
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.objects import FlowRun
 from prefect.context import FlowRunContext
 from prefect.exceptions import ObjectNotFound
 from prefect.states import Crashed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from pydantic import ValidationError
 
 from prefect_tune.engine import TuneController
 from prefect_tune.exceptions import TrialsErroredError
@@ -24,6 +27,9 @@ from prefect_tune.state import FlowRunRecord, Lease, PackedSummary, TrialStatus
 from prefect_tune.storage import Storage, layout
 
 logger = logging.getLogger("prefect_tune")
+
+#: How `experiment_tag` begins: every experiment flow run carries one such tag.
+EXPERIMENT_TAG_PREFIX = "prefect-tune-experiment:"
 
 
 class ControllerFactory(Protocol):
@@ -40,20 +46,80 @@ class ControllerFactory(Protocol):
     ) -> TuneController: ...
 
 
-def mark_taken_over(previous: Lease, by: FlowRunRecord) -> None:
-    """Marks the flow run of a driver that was taken over as CRASHED, if Prefect still shows
-    it running (a flow process killed with SIGKILL stays RUNNING forever otherwise)."""
-    if not previous.flow_run_id:
+def experiment_tag(url: str) -> str:
+    """The tag of every flow run that drives the experiment stored at ``url``.
+
+    A record that names a flow run (``lease.json``, ``drivers/<id>.json``) is read from storage
+    that others may write: a flow run is marked only once the API shows it carries this tag.
+    The tag stands for the experiment's place, not its name (any flow may share a name) nor
+    its ``experiment_id`` (a new experiment has none stored until its driver holds the lease,
+    and a copy of an experiment keeps it while its records name the original's flow runs). The
+    same directory reached by another path (an NFS share mounted elsewhere) is another place:
+    its runs are left alone, never marked wrongly.
+    """
+    return f"{EXPERIMENT_TAG_PREFIX}{hashlib.sha256(url.encode()).hexdigest()[:16]}"
+
+
+def flow_run_id(text: str | None) -> uuid.UUID | None:
+    """The flow run id ``text`` spells in its canonical form, else None."""
+    try:
+        parsed = uuid.UUID(text or "")
+    except (ValueError, TypeError):
+        return None
+    return parsed if str(parsed) == text else None
+
+
+def tag_flow_run(run: FlowRun, tag: str) -> None:
+    """Adds ``tag`` to a flow run (before it writes any record that names it)."""
+    if tag in (run.tags or []):
         return
     with get_client(sync_client=True) as client:
-        run = client.read_flow_run(uuid.UUID(previous.flow_run_id))
+        client.update_flow_run(run.id, tags=[*(run.tags or []), tag])
+
+
+def mark_taken_over(previous: Lease, by: FlowRunRecord, storage: Storage) -> None:
+    """Marks the flow run of a driver that was taken over as CRASHED, if Prefect still shows
+    it running (a flow process killed with SIGKILL stays RUNNING forever otherwise) and it is
+    a run of this experiment; any other run the lease names is left alone, with a warning."""
+    if not previous.flow_run_id:
+        return
+    where = storage.uri(layout.LEASE_FILE)
+    run_id = flow_run_id(previous.flow_run_id)
+    if run_id is None:
+        logger.warning("%s names %r, which is not a flow run id.", where, previous.flow_run_id)
+        return
+    with get_client(sync_client=True) as client:
+        try:
+            run = client.read_flow_run(run_id)
+        except ObjectNotFound:
+            return
         if run.state is None or run.state.is_final():
+            return
+        if not _of_experiment(run, storage, where):
             return
         message = (
             f"Its driver stopped (no lease renewal since {previous.renewed_at:.0f}); flow run "
             f"{by.flow_run_name} ({by.flow_run_id}) took the experiment over."
         )
         client.set_flow_run_state(run.id, Crashed(message=message), force=True)
+
+
+def _of_experiment(run: FlowRun, storage: Storage, where: str) -> bool:
+    """Whether ``run`` drives the experiment of ``storage``; warns, naming the record at
+    ``where``, when it does not."""
+    tag = experiment_tag(storage.url)
+    if tag in (run.tags or []):
+        return True
+    logger.warning(
+        "%s names flow run %s (%s), which is not a run of the experiment at %s (it lacks the "
+        "tag %s): the flow run is left alone.",
+        where,
+        run.name,
+        run.id,
+        storage.url,
+        tag,
+    )
+    return False
 
 
 class DriverRecords:
@@ -64,7 +130,8 @@ class DriverRecords:
     takeover would mark its flow run; the next driver to take the lease finds its record and
     marks the flow run CRASHED once the driver is provably gone (its process is dead on this
     host, or its record is older than the lease's time to live: a live driver has by then
-    taken the lease or been refused it).
+    taken the lease or been refused it). Records are read from storage that others may write:
+    a flow run that is not a run of this experiment (`experiment_tag`) is never marked.
     """
 
     def __init__(self, storage: Storage, me: FlowRunRecord, ttl_s: float):
@@ -96,32 +163,51 @@ class DriverRecords:
             logger.warning("Could not delete the record of this driver: %s", exc)
 
     def sweep(self) -> None:
-        """Marks the flow runs of drivers that died before taking the lease CRASHED."""
+        """Marks the flow runs of drivers of this experiment that died before taking the lease
+        CRASHED, and deletes the records that are provably stale."""
         names = [n for n in self.storage.list_dir(layout.DRIVERS_DIR) if n.endswith(".json")]
         if not names:
             return
         with get_client(sync_client=True) as client:
             for name in names:
-                run_id = name[: -len(".json")]
-                if run_id == self.me.flow_run_id:
-                    continue
-                rel = f"{layout.DRIVERS_DIR}/{name}"
-                try:
-                    record = Lease.model_validate_json(self.storage.read_bytes(rel))
-                    run = client.read_flow_run(uuid.UUID(run_id))
-                except ObjectNotFound:
-                    self.storage.delete(rel)
-                    continue
-                if run.state is not None and run.state.is_final():
-                    self.storage.delete(rel)
-                elif not record.is_live():  # dead on this host, or past its time to live
-                    message = (
-                        f"Its driver (pid {record.pid} on {record.host}) stopped before it took "
-                        f"the experiment; flow run {self.me.flow_run_name} "
-                        f"({self.me.flow_run_id}) ran the experiment after it."
-                    )
-                    client.set_flow_run_state(run.id, Crashed(message=message), force=True)
-                    self.storage.delete(rel)
+                if name[: -len(".json")] != self.me.flow_run_id:
+                    self._sweep_one(client, f"{layout.DRIVERS_DIR}/{name}")
+
+    def _sweep_one(self, client: SyncPrefectClient, rel: str) -> None:
+        where = self.storage.uri(rel)
+        stem = rel.rsplit("/", 1)[-1][: -len(".json")]
+        try:
+            record = Lease.model_validate_json(self.storage.read_bytes(rel))
+        except FileNotFoundError:  # its driver ended meanwhile
+            return
+        except ValidationError as exc:
+            logger.warning("%s is not a driver record, left alone: %s", where, exc)
+            return
+        run_id = flow_run_id(stem)
+        if run_id is None or record.flow_run_id != stem:
+            logger.warning(
+                "%s is not a driver record, left alone: its name is not the id of the flow "
+                "run it names (%r).",
+                where,
+                record.flow_run_id,
+            )
+            return
+        try:
+            run = client.read_flow_run(run_id)
+        except ObjectNotFound:
+            self.storage.delete(rel)
+            return
+        if run.state is not None and run.state.is_final():
+            self.storage.delete(rel)
+        elif not record.is_live():  # dead on this host, or past its time to live
+            if _of_experiment(run, self.storage, where):
+                message = (
+                    f"Its driver (pid {record.pid} on {record.host}) stopped before it took "
+                    f"the experiment; flow run {self.me.flow_run_name} "
+                    f"({self.me.flow_run_id}) ran the experiment after it."
+                )
+                client.set_flow_run_state(run.id, Crashed(message=message), force=True)
+            self.storage.delete(rel)
 
 
 def run_experiment_flow(
@@ -138,7 +224,8 @@ def run_experiment_flow(
     """Runs the experiment as a flow run named ``name`` (a subflow inside a running flow).
 
     The flow run fails when trials end in ERROR (so Prefect retries, automations and the UI see
-    it); each retry resumes the unfinished and errored trials from storage.
+    it); each retry resumes the unfinished and errored trials from storage. It carries the tag
+    ``experiment_tag(storage.url)``, which later drivers check before they mark it CRASHED.
 
     Args:
         build_controller: Makes the controller once the flow run exists.
@@ -165,11 +252,17 @@ def run_experiment_flow(
             flow_run_name=flow_run.name if flow_run is not None else None,
             run_count=flow_run.run_count if flow_run is not None else 1,
         )
+        if flow_run is not None:
+            # Before any record names this run: a later driver marks only tagged runs.
+            try:
+                tag_flow_run(flow_run, experiment_tag(storage.url))
+            except Exception as exc:  # bookkeeping only: never block the run
+                logger.warning("Could not tag flow run %s: %s", flow_run.name, exc)
         drivers = DriverRecords(storage, record, lease_ttl_s)
         controller = build_controller(
             PrefectTaskExecutor(name, task_runner, trial_tags),
             record,
-            on_takeover=lambda previous: mark_taken_over(previous, record),
+            on_takeover=lambda previous: mark_taken_over(previous, record, storage),
             on_acquired=drivers.sweep,
         )
         drivers.announce()
@@ -217,4 +310,12 @@ class _Trials:
         self.trials = trials
 
 
-__all__ = ["DriverRecords", "mark_taken_over", "run_experiment_flow"]
+__all__ = [
+    "EXPERIMENT_TAG_PREFIX",
+    "DriverRecords",
+    "experiment_tag",
+    "flow_run_id",
+    "mark_taken_over",
+    "run_experiment_flow",
+    "tag_flow_run",
+]

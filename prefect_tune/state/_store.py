@@ -180,6 +180,21 @@ class ExperimentStore:
     def write_definition(self, definition: ExperimentDefinition) -> None:
         self.storage.write_bytes(layout.EXPERIMENT_FILE, definition.model_dump_json().encode())
 
+    def clear(self) -> None:
+        """Deletes the stored experiment, all but the lease and the drivers' records: what the
+        driver holding the lease does to overwrite the experiment.
+
+        Each entry of the directory is deleted on its own (where directories are key prefixes,
+        deleting the directory would delete the lease with it), the definition last: an
+        overwrite cut short leaves an experiment that a later overwrite clears again, never
+        trials without a definition.
+        """
+        kept = {layout.LEASE_FILE, layout.DRIVERS_DIR, layout.EXPERIMENT_FILE}
+        for name in self.storage.list_dir(""):
+            if name not in kept:
+                self.storage.delete(name)
+        self.storage.delete(layout.EXPERIMENT_FILE)
+
     def read_state(self) -> ExperimentState | None:
         """The driver's last snapshot, whole, or None before the first one.
 
