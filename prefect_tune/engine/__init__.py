@@ -8,12 +8,14 @@
 - ``_control``: `Decision` and the trial controls asked after each result.
 - ``_fence``: the lease checks that stop a trial whose driver lost the experiment.
 - ``_retention``: which checkpoints ``CheckpointConfig(num_to_keep=...)`` keeps.
+- ``_progress``: snapshots of an experiment's progress for its observers (console, UI).
 """
 
 from prefect_tune.engine._control import Decision, StopCriteria, TrialControl, TrialStopped
 from prefect_tune.engine._controller import ResumePolicy, TuneController, trial_summary
 from prefect_tune.engine._executor import ThreadTrialExecutor, TrialExecutor
 from prefect_tune.engine._fence import CommitFence, ExperimentFence
+from prefect_tune.engine._progress import ExperimentObserver, Progress, ProgressTracker
 from prefect_tune.engine._retention import checkpoints_to_drop
 from prefect_tune.engine._search import (
     BasicVariantGenerator,
@@ -38,6 +40,9 @@ __all__ = [
     "CommitFence",
     "Decision",
     "ExperimentFence",
+    "ExperimentObserver",
+    "Progress",
+    "ProgressTracker",
     "ResumePolicy",
     "StopCriteria",
     "ThreadTrialExecutor",

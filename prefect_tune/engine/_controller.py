@@ -4,15 +4,17 @@ experiment-level state; trials run elsewhere through a :class:`TrialExecutor`.""
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections import deque
-from collections.abc import Callable
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from prefect_tune.config import CheckpointConfig, FailureConfig
 from prefect_tune.engine._control import Decision
 from prefect_tune.engine._executor import TrialExecutor
+from prefect_tune.engine._progress import ExperimentObserver, ProgressTracker
 from prefect_tune.engine._search import BasicVariantGenerator
 from prefect_tune.engine._trial_run import TrialOutcome, TrialRequest
 from prefect_tune.exceptions import TrialError
@@ -93,6 +95,8 @@ class TuneController:
             checks the stored definition or writes a new one (deleting a stored experiment it
             replaces), and returns the definition to run with its generator. What destroys or
             writes a definition thus never races another driver.
+        observers: Shown the experiment's progress at the start, every observer's
+            ``interval_s`` while trials run, and at the end.
     """
 
     def __init__(
@@ -117,6 +121,7 @@ class TuneController:
         on_takeover: Callable[[Lease], None] | None = None,
         on_acquired: Callable[[], None] | None = None,
         prepare: Callable[[], tuple[ExperimentDefinition, BasicVariantGenerator]] | None = None,
+        observers: Sequence[ExperimentObserver] = (),
     ):
         self.store = store
         self.definition = definition
@@ -143,6 +148,9 @@ class TuneController:
         self.on_takeover = on_takeover
         self.on_acquired = on_acquired
         self.prepare = prepare
+        self.observers = list(observers)
+        self._observed: dict[int, float] = {}  # observer's position -> when it was last called
+        self._progress: ProgressTracker | None = None
         # The trial table. A trial this driver is running, or has queued with a state newer
         # than its stored one, is in `_live` whole; any other, finished ones above all, is in
         # `_packed` as its summary only: its trial.json holds the rest.
@@ -223,6 +231,8 @@ class TuneController:
 
     def _finish(self, trial: TrialState) -> None:
         """Keeps only the summary of a trial that will not run again in this driver."""
+        if self._progress is not None and trial.status.is_finished():
+            self._progress.finished(trial)
         self._live.pop(trial.index, None)
         self._packed[trial.index] = PackedSummary.of(trial)
 
@@ -294,6 +304,15 @@ class TuneController:
     def _run(self) -> list[PackedSummary]:
         self._load()
         self._save(force=True)
+        self._progress = ProgressTracker(
+            self.definition.name,
+            self.definition.total_trials,
+            self.definition.metric,
+            self.definition.mode,
+        )
+        if self.observers:
+            self._progress.load(list(self._packed.values()))
+        self._observe(force=True)
         start = time.monotonic()
         deadline = time.time() + self.time_budget_s if self.time_budget_s else None
         # By default one trial waits in the executor's queue behind each running one, so a
@@ -316,12 +335,14 @@ class TuneController:
                     self._on_done(handle, result)
                 self.lease.check()
                 self._save()
+                self._observe()
         finally:
             assert self.state is not None
             self.state.finished = (
                 not self._running and not self._queue and not self._has_more_trials()
             )
             self._save(force=True)
+            self._observe(done=True)
         if self._fail_fast_error is not None and self.failure_config.fail_fast == "raise":
             raise self._fail_fast_error
         return self._rows()
@@ -405,6 +426,28 @@ class TuneController:
         trial.error = f"{type(error).__name__}: {error}"
         trial.error_type = type(error).__name__
         return trial
+
+    def _observe(self, force: bool = False, done: bool = False) -> None:
+        """Hands the observers that are due (all of them when forced or done) a snapshot."""
+        if not self.observers or self._progress is None:
+            return
+        now = time.monotonic()
+        due = [
+            (i, observer)
+            for i, observer in enumerate(self.observers)
+            if force or done or now - self._observed.get(i, -math.inf) >= observer.interval_s
+        ]
+        if not due:
+            return
+        counts: Counter[TrialStatus] = Counter(t.status for t in self._live.values())
+        counts.update(t.status for i, t in self._packed.items() if i not in self._live)
+        progress = self._progress.snapshot(counts, done=done)
+        for i, observer in due:
+            self._observed[i] = now
+            try:
+                observer.on_progress(progress, self._rows)
+            except Exception as exc:  # showing progress never stops the experiment
+                logger.warning("Could not show the experiment's progress (%r): %s", observer, exc)
 
     def _save(self, force: bool = False) -> None:
         assert self.state is not None
