@@ -164,8 +164,16 @@ class TuneController:
             config=self.generator.config_for(index),
         )
 
-    def _load(self) -> None:
+    def _load(self) -> list[str]:
+        """Reads the stored experiment into the trial table and queues what runs again.
+
+        Returns:
+            The directories of queued trials whose ``trial.json`` was not read (the snapshot
+            shows them finished): they are read when they start.
+        """
         state, trials = self.store.load_summaries()
+        self._queue.clear()
+        unread: list[str] = []
         self.state = state or ExperimentState(name=self.definition.name)
         self._live = {}
         self._packed = {t.index: t for t in trials}
@@ -182,6 +190,8 @@ class TuneController:
             if trial.status is TrialStatus.TERMINATED:
                 continue
             if trial.status is TrialStatus.ERROR:
+                if self.policy.restart_errored or self.policy.resume_errored:
+                    unread.append(trial.dir_name)
                 if self.policy.restart_errored:
                     self._enqueue_stored(trial, restart=True)
                 elif self.policy.resume_errored:
@@ -191,6 +201,18 @@ class TuneController:
         if self.flow_run is not None:
             self.state.flow_runs.append(self.flow_run)
         self.state.finished = False
+        return unread
+
+    def _check_stored(self) -> None:
+        """Reads everything the run will read of the stored experiment before this driver
+        writes anything, its lease included: a damaged file raises here, naming it, and leaves
+        every stored byte as it was. Once the lease is held it is all read again, for good.
+
+        Raises:
+            DamagedStateError: a state file is damaged.
+            UnsupportedSchemaVersionError: a state file is from a newer prefect-tune.
+        """
+        self.store.read_trials(self._load())
 
     def _enqueue(self, trial: TrialState, restart: bool = False) -> None:
         trial.status = TrialStatus.PENDING
@@ -242,7 +264,9 @@ class TuneController:
 
         Raises:
             TrialError: a trial errored and ``FailureConfig(fail_fast="raise")``.
+            DamagedStateError: a state file is damaged (nothing was written).
         """
+        self._check_stored()
         previous = self.lease.acquire()
         try:
             # Trials the old driver left running see the new lease at their next fence check;

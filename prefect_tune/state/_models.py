@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from prefect_tune.exceptions import StateError, UnsupportedSchemaVersionError
+from prefect_tune.exceptions import DamagedStateError, UnsupportedSchemaVersionError
 
 #: The version of the documents whose format never changed (definition, lease).
 SCHEMA_VERSION = 1
@@ -223,25 +223,29 @@ class PackedSummary:
         """Packs the JSON of a summary as stored; returns it with the trial's directory name.
 
         Raises:
-            StateError: ``data`` is not a summary (only the index, status and directory name are
-                checked here; the rest when it is unpacked).
+            DamagedStateError: ``data`` is not a summary (only the index, status and directory
+                name are checked here; the rest when it is unpacked).
         """
         try:
             key = _SummaryKey.model_validate_json(data)
         except ValidationError as exc:
-            raise StateError(f"A trial summary in {where} is damaged: {exc}") from exc
+            raise DamagedStateError(
+                f"A trial summary in {where} is damaged: {validation_problems(exc)}", where
+            ) from exc
         return cls(key.index, key.status, key.num_failures, data), key.dir_name
 
     def unpack(self) -> TrialSummary:
         """The summary, parsed and validated.
 
         Raises:
-            StateError: the stored JSON is not a valid summary.
+            DamagedStateError: the stored JSON is not a valid summary.
         """
         try:
             return TrialSummary.model_validate_json(self.data)
         except ValidationError as exc:
-            raise StateError(f"The summary of trial {self.index} is damaged: {exc}") from exc
+            raise DamagedStateError(
+                f"The summary of trial {self.index} is damaged: {validation_problems(exc)}"
+            ) from exc
 
     def with_status(self, status: TrialStatus) -> PackedSummary:
         return PackedSummary.of(self.unpack().model_copy(update={"status": status}))
@@ -392,18 +396,29 @@ def current_version(model: type[_Model]) -> int:
     return int(field.default) if field is not None else SCHEMA_VERSION
 
 
+def validation_problems(exc: ValidationError, limit: int = 3) -> str:
+    """What a validation error found, on one line: ``field: message; ...`` (never the values,
+    which may be large)."""
+    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    parts = [f"{'.'.join(map(str, e['loc'])) or 'the document'}: {e['msg']}" for e in errors]
+    more = f" (and {len(parts) - limit} more)" if len(parts) > limit else ""
+    return "; ".join(parts[:limit]) + more
+
+
 def load_document(model: type[M], raw: Any, where: str) -> M:
     """Validates a raw JSON document as ``model``, upgrading older schema versions.
 
     Raises:
         UnsupportedSchemaVersionError: the document is from a newer prefect-tune.
-        StateError: the document is not a valid ``model``.
+        DamagedStateError: the document is not a valid ``model``.
     """
     if not isinstance(raw, dict):
-        raise StateError(f"{where} is not a JSON object; the file is damaged.")
+        raise DamagedStateError(f"{where} is damaged: it is not a JSON object.", where)
     version = raw.get("schema_version", 1)
     if not isinstance(version, int) or version < 1:
-        raise StateError(f"{where} has an invalid schema_version {version!r}.")
+        raise DamagedStateError(
+            f"{where} is damaged: it has an invalid schema_version {version!r}.", where
+        )
     current = current_version(model)
     if version > current:
         raise UnsupportedSchemaVersionError(
@@ -415,7 +430,10 @@ def load_document(model: type[M], raw: Any, where: str) -> M:
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        raise StateError(f"{where} is not a valid {model.__name__}: {exc}") from exc
+        raise DamagedStateError(
+            f"{where} is damaged: it is not a valid {model.__name__} ({validation_problems(exc)}).",
+            where,
+        ) from exc
 
 
 def load_document_json(model: type[M], data: bytes, where: str) -> M:
@@ -423,7 +441,7 @@ def load_document_json(model: type[M], data: bytes, where: str) -> M:
 
     Raises:
         UnsupportedSchemaVersionError: the document is from a newer prefect-tune.
-        StateError: the document is not JSON or not a valid ``model``.
+        DamagedStateError: the document is not JSON or not a valid ``model``.
     """
     try:
         document = model.model_validate_json(data)
@@ -433,6 +451,9 @@ def load_document_json(model: type[M], data: bytes, where: str) -> M:
         return document
     try:
         raw = json.loads(data)
-    except ValueError as exc:
-        raise StateError(f"{where} is not valid JSON; the file is damaged: {exc}") from exc
+    except ValueError as exc:  # UnicodeDecodeError too
+        raise DamagedStateError(
+            f"{where} is damaged: it is not valid JSON ({exc}); it was cut short or edited.",
+            where,
+        ) from exc
     return load_document(model, raw, where)
