@@ -35,6 +35,12 @@ logger = logging.getLogger("prefect_tune")
 #: not set: the rest wait in its queue.
 QUEUED_PER_SLOT = 2
 
+#: A failed trial runs again after this many seconds, each next failure of it (in one run of
+#: the driver) twice as long as the last, up to `RETRY_DELAY_MAX_S`: a trial that fails at once,
+#: every time, with ``max_failures=-1`` must not keep a worker spinning.
+RETRY_DELAY_S = 1.0
+RETRY_DELAY_MAX_S = 60.0
+
 
 @dataclass(frozen=True)
 class ResumePolicy:
@@ -87,6 +93,9 @@ class TuneController:
         fence_interval_s: How often running trials check the lease.
         on_takeover: Called with the lease of a driver that was taken over (it crashed).
         on_acquired: Called each time this driver has taken the lease, after ``on_takeover``.
+        retry_delay_s: Wait before the first retry of a failed trial (doubling each time after,
+            up to ``retry_delay_max_s``).
+        retry_delay_max_s: Longest wait before a retry.
     """
 
     def __init__(
@@ -110,6 +119,8 @@ class TuneController:
         fence_interval_s: float = 2.0,
         on_takeover: Callable[[Lease], None] | None = None,
         on_acquired: Callable[[], None] | None = None,
+        retry_delay_s: float = RETRY_DELAY_S,
+        retry_delay_max_s: float = RETRY_DELAY_MAX_S,
     ):
         self.store = store
         self.definition = definition
@@ -142,6 +153,10 @@ class TuneController:
         self._packed: dict[int, PackedSummary] = {}
         self.state: ExperimentState | None = None
         self._queue: deque[tuple[int, bool]] = deque()  # (trial index, restart from scratch)
+        self.retry_delay_s = retry_delay_s
+        self.retry_delay_max_s = retry_delay_max_s
+        self._delayed: dict[int, float] = {}  # failed trial index -> when it may run again
+        self._retries: dict[int, int] = {}  # trial index -> its retries in this run
         self._running: dict[Any, int] = {}
         self._last_save = 0.0
         self._save_cost = 0.0
@@ -214,11 +229,18 @@ class TuneController:
         """
         self.store.read_trials(self._load())
 
-    def _enqueue(self, trial: TrialState, restart: bool = False) -> None:
+    def _enqueue(
+        self, trial: TrialState, restart: bool = False, after_s: float | None = None
+    ) -> None:
+        """Queues a trial this driver holds whole; ``after_s`` keeps it out of the queue (in
+        `_delayed`) for that many seconds."""
         trial.status = TrialStatus.PENDING
         self._live[trial.index] = trial
         self._packed.pop(trial.index, None)
-        self._queue.append((trial.index, restart))
+        if after_s is None:
+            self._queue.append((trial.index, restart))
+        else:
+            self._delayed[trial.index] = time.monotonic() + after_s
         self._dirty = True
 
     def _enqueue_stored(self, trial: PackedSummary, restart: bool = False) -> None:
@@ -317,21 +339,24 @@ class TuneController:
                     self.time_budget_s is not None
                     and time.monotonic() - start >= self.time_budget_s
                 )
-                while (
-                    len(self._running) < limit and not out_of_time and self._fail_fast_error is None
-                ):
+                stopping = out_of_time or self._fail_fast_error is not None
+                self._release_due_retries()
+                while len(self._running) < limit and not stopping:
                     if not self._launch_next(deadline):
                         break
-                if not self._running:
+                if not self._running and (stopping or not self._delayed):
                     break
-                for handle, result in self.executor.wait(timeout=1.0):
+                for handle, result in self.executor.wait(timeout=self._wait_s()):
                     self._on_done(handle, result)
                 self.lease.check()
                 self._save()
         finally:
             assert self.state is not None
             self.state.finished = (
-                not self._running and not self._queue and not self._has_more_trials()
+                not self._running
+                and not self._queue
+                and not self._delayed
+                and not self._has_more_trials()
             )
             self._save(force=True)
         if self._fail_fast_error is not None and self.failure_config.fail_fast == "raise":
@@ -384,15 +409,17 @@ class TuneController:
         trial = self._failed_trial(index, result)
         max_failures = self.failure_config.max_failures
         if max_failures == -1 or trial.num_failures <= max_failures:
+            delay = self._retry_delay(index)
             logger.warning(
                 "Trial %s failed (%d of %s allowed failures); resuming it from its latest "
-                "checkpoint: %s",
+                "checkpoint in %.3g s: %s",
                 trial.trial_id,
                 trial.num_failures,
                 "unlimited" if max_failures == -1 else max_failures,
+                delay,
                 trial.error,
             )
-            self._enqueue(trial)
+            self._enqueue(trial, after_s=delay)
             return
         logger.error("Trial %s errored: %s", trial.trial_id, trial.error)
         self._finish(trial)
@@ -400,6 +427,25 @@ class TuneController:
             self._fail_fast_error = TrialError(f"Trial {trial.trial_id} errored: {trial.error}")
             # Running trials pause at their next fence check and stay resumable.
             self.lease.request_stop_trials()
+
+    def _retry_delay(self, index: int) -> float:
+        """The wait before the next retry of trial ``index``, counting its retries so far."""
+        retries = self._retries[index] = self._retries.get(index, 0) + 1
+        return min(self.retry_delay_max_s, self.retry_delay_s * 2.0 ** min(retries - 1, 32))
+
+    def _release_due_retries(self) -> None:
+        """Queues the failed trials whose wait is over."""
+        now = time.monotonic()
+        for index, due in list(self._delayed.items()):
+            if due <= now:
+                del self._delayed[index]
+                self._queue.append((index, False))
+
+    def _wait_s(self) -> float:
+        """How long to wait for trials to end: until the next retry is due, at most 1 s."""
+        if not self._delayed:
+            return 1.0
+        return min(1.0, max(0.0, min(self._delayed.values()) - time.monotonic()))
 
     def _failed_trial(self, index: int, error: BaseException) -> TrialState:
         """The stored state of a trial whose task run raised, completed if its worker died."""

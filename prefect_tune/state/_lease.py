@@ -203,7 +203,7 @@ class LeaseHolder:
             self.storage.write_bytes(layout.LEASE_FILE, self.lease.model_dump_json().encode())
 
     def _renew_loop(self) -> None:
-        interval = max(0.05, self.ttl_s / 3)
+        interval = min(max(0.05, self.ttl_s / 3), threading.TIMEOUT_MAX)
         while not self._stop.wait(interval):
             try:
                 self.renew()

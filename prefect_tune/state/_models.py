@@ -15,6 +15,9 @@ Versions (each older version is still read, upgraded by the migrations at the en
 - the driver's snapshot (`ExperimentState`, ``experiment_state.json``) is at version 2, which
   records each trial as a compact `TrialSummary` instead of its whole `TrialState`.
 - every other document (the definition, the lease, a driver's record) is at version 1.
+
+An optional field with a default is added without a new version, as readers ignore fields they
+do not know: `AttemptRecord.warning` was added so, within version 3 of the trial's state.
 """
 
 from __future__ import annotations
@@ -86,6 +89,11 @@ class AttemptRecord(_Model):
     flow_run_id: str | None = None
     task_run_id: str | None = None
     host: str | None = None
+    warning: str | None = Field(
+        default=None,
+        description="Something the attempt did that is allowed but likely a mistake (its "
+        "trainable returned without reporting).",
+    )
 
 
 class CarriedResults(_Model):
