@@ -367,3 +367,19 @@ def test_a_trainable_calling_sys_exit_on_dask_is_a_failed_trial(prefect_api, run
     assert result.error is not None and "SystemExit: 3" in (result.error.traceback or "")
     task_runs = experiment_task_runs(name, expected=2)
     assert len(task_runs) == 2 and all(t.state.is_failed() for t in task_runs)
+
+
+def test_the_default_local_cluster_serves_its_dashboard_on_this_machine_only(prefect_api):
+    from distributed import LocalCluster
+    from distributed.comm.utils import get_tcp_server_addresses
+
+    tuner = Tuner(trainables.quadratic, run_config=RunConfig(name="dash"))
+    kwargs = tuner._default_task_runner().cluster_kwargs
+    assert kwargs["dashboard_address"] == "127.0.0.1:8787"
+    assert kwargs["env"]["PREFECT_API_URL"] == prefect_api
+    with LocalCluster(**kwargs, n_workers=0, processes=False) as cluster:
+        bound = get_tcp_server_addresses(cluster.scheduler.http_server)
+        assert bound and {address[0] for address in bound} == {"127.0.0.1"}
+    # A task runner the user gives is used as it is.
+    mine = DaskTaskRunner(cluster_kwargs={"dashboard_address": ":9999"})
+    assert Tuner(trainables.quadratic, task_runner=mine).task_runner is mine
