@@ -16,8 +16,9 @@ so that a reader can take each trial's JSON as it is (a `PackedSummary`) without
 trial's objects at once. Any other layout of the same JSON (a version 1 snapshot, a file
 rewritten by hand) is read too, parsed whole.
 
-Every state file is read through `read_document` (a results segment through `_parse_segment`):
-a file that is not what it must be (cut short, edited by hand) raises
+Every state file is parsed by ``load_document_json`` (read through `read_document`; the
+snapshot is split first, by `ExperimentStore._read_snapshot`), and a results segment by
+`_parse_segment`: a file that is not what it must be (cut short, edited by hand) raises
 :class:`~prefect_tune.exceptions.DamagedStateError` naming it and what is wrong, never a bare
 JSON error.
 """
