@@ -406,3 +406,24 @@ def test_a_driver_whose_lease_stays_damaged_stops_as_if_taken_over(store):
     finally:
         holder.release()
     assert store.storage.read_bytes(layout.LEASE_FILE) == b"{"  # not its to rewrite
+
+
+def test_a_driver_that_cannot_write_its_lease_stops_after_its_ttl(tmp_path, monkeypatch):
+    storage = Storage.open(StorageSpec(str(tmp_path)))
+    holder = LeaseHolder(storage, ttl_s=0.3, settle_s=0.01)
+    holder.acquire()
+    try:
+        stored = storage.read_bytes(layout.LEASE_FILE)
+
+        def refused() -> None:
+            raise OSError("No space left on device")
+
+        monkeypatch.setattr(holder, "_write", refused)  # reads still work, writes fail
+        deadline = time.monotonic() + 5.0
+        while holder.lost is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with pytest.raises(LeaseLostError, match="No space left on device"):
+            holder.check()
+    finally:
+        holder.release()
+    assert storage.read_bytes(layout.LEASE_FILE) == stored

@@ -204,11 +204,13 @@ class LeaseHolder:
 
     def _renew_loop(self) -> None:
         interval = min(max(0.05, self.ttl_s / 3), threading.TIMEOUT_MAX)
+        renewed = self.lease.renewed_at  # as last stored
         while not self._stop.wait(interval):
             try:
                 self.renew()
+                renewed = self.lease.renewed_at
             except Exception as exc:  # a storage hiccup: try again next time, within the ttl
-                if time.time() - self.lease.renewed_at < self.ttl_s:
+                if time.time() - renewed < self.ttl_s:
                     logger.warning("Could not renew the lease of %s: %s", self.storage.url, exc)
                     continue
                 # Past its time to live another driver may take over: stop as if one had.
