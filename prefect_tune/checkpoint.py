@@ -162,7 +162,8 @@ class Checkpoint:
             path: Target directory (created if needed); a new temporary directory when None.
 
         Raises:
-            IncompleteCheckpointError: a stored checkpoint lacks files its manifest lists.
+            IncompleteCheckpointError: a committed checkpoint lacks files its trial's state (or
+                manifest) lists: deleted, or never committed.
             UnsafePathError: a file the checkpoint lists would be written outside ``path``, or
                 (on a local or NFS path) is a link to a file outside the experiment; nothing
                 is written.
@@ -175,7 +176,10 @@ class Checkpoint:
         )
         os.makedirs(target, exist_ok=True)
         storage = self._storage_root()
-        storage.get_files((rel, os.path.join(target, *rel.split("/"))) for rel in files)
+        try:
+            storage.get_files((rel, os.path.join(target, *rel.split("/"))) for rel in files)
+        except FileNotFoundError as exc:
+            raise self._lacking(files, exc) from exc
         for rel, size in files.items():
             local = os.path.join(target, *rel.split("/"))
             if not os.path.exists(local) or os.path.getsize(local) != size:
@@ -190,14 +194,35 @@ class Checkpoint:
 
         A checkpoint on the local disk is yielded in place; any other is downloaded to a
         temporary directory that is deleted on exit.
+
+        Raises:
+            IncompleteCheckpointError: a committed checkpoint lacks files its trial's state (or
+                manifest) lists: deleted, or never committed.
         """
         storage = self._storage_root()
         if storage.atomic_rename:  # local disk or NFS: read in place
-            self._files()
+            files = self._files()
+            if self._committed:  # what the trainable opens in place must all be there
+                present = storage.walk_files()
+                if any(present.get(rel) != size for rel, size in files.items()):
+                    raise self._lacking(files)
             yield storage.root
             return
         with self._temporary_copy() as tmp:
             yield tmp
+
+    def _lacking(
+        self, files: dict[str, int], cause: BaseException | None = None
+    ) -> IncompleteCheckpointError:
+        """The error for a committed checkpoint whose stored files are not all those listed."""
+        present = self._storage_root().walk_files()
+        lacking = sorted(rel for rel, size in files.items() if present.get(rel) != size)
+        more = f" and {len(lacking) - 3} more" if len(lacking) > 3 else ""
+        what = ", ".join(lacking[:3]) + more if lacking else f"a file ({cause})"
+        return IncompleteCheckpointError(
+            f"Checkpoint {self.path}: {what} missing or not of the size its trial's state "
+            "lists; the checkpoint was deleted or changed after it was committed."
+        )
 
     @contextlib.contextmanager
     def as_source_directory(self) -> Iterator[str]:

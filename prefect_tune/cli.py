@@ -5,6 +5,8 @@
     prefect-tune best digits --block tuning --metric acc --mode max --scope last-5-avg --json
 
 It reads only the small state files, never checkpoints. Errors: one line on stderr, status 2.
+``ls`` lists the experiments it can read and marks the others, each with one line on stderr
+saying why, with status 1.
 """
 
 from __future__ import annotations
@@ -130,6 +132,7 @@ def _ls(args: argparse.Namespace, hidden: list[str]) -> int:
     storage = _spec(args, hidden).open()
     names = [""] if ExperimentStore(storage).exists() else storage.list_dir("")
     rows = []
+    unreadable: list[str] = []
     for name in names:
         store = ExperimentStore(storage.sub(name) if name else storage)
         if name.startswith(".") or not store.exists():
@@ -138,8 +141,9 @@ def _ls(args: argparse.Namespace, hidden: list[str]) -> int:
         try:
             definition = store.read_definition()
             state = store.read_state()
-        except StateError as exc:
-            rows.append([label, "?", f"unreadable ({type(exc).__name__})", "-"])
+        except StateError as exc:  # damaged or too new: list the others all the same
+            rows.append([label, "?", "UNREADABLE", "-"])
+            unreadable.append(f"prefect-tune: warning: {label}: {_one_line(exc, hidden)}")
             continue
         trials = state.trials if state is not None else []
         total = definition.total_trials
@@ -152,7 +156,9 @@ def _ls(args: argparse.Namespace, hidden: list[str]) -> int:
         print(f"No experiments under {storage.url}.")
         return 0
     print(_table(["EXPERIMENT", "TRIALS", "STATUS", "UPDATED"], rows))
-    return 0
+    for line in unreadable:
+        print(line, file=sys.stderr)
+    return 1 if unreadable else 0
 
 
 def _driver(lease: Lease | None) -> str:

@@ -6,6 +6,7 @@ accepts, so a mistake shows up where the config is written, not minutes into an 
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -29,6 +30,12 @@ def _check_int(cls: str, name: str, value: Any, minimum: int, allow_none: bool =
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise _fail(cls, name, f"must be an integer >= {minimum}, got {value!r}.")
+
+
+def _is_number(value: Any) -> bool:
+    """A finite int or float (not a bool): NaN and infinity mean nothing as seconds or
+    thresholds, and an infinite timeout overflows the waits it is given to."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _check_mode(cls: str, name: str, value: Any) -> None:
@@ -82,14 +89,12 @@ class TuneConfig:
         ):
             raise _fail(name, "seed", f"must be an integer, got {self.seed!r}.")
         if self.time_budget_s is not None and (
-            isinstance(self.time_budget_s, bool)
-            or not isinstance(self.time_budget_s, (int, float))
-            or self.time_budget_s <= 0
+            not _is_number(self.time_budget_s) or self.time_budget_s <= 0
         ):
             raise _fail(
                 name,
                 "time_budget_s",
-                f"must be a positive number of seconds, got {self.time_budget_s!r}.",
+                f"must be a positive, finite number of seconds, got {self.time_budget_s!r}.",
             )
 
 
@@ -236,8 +241,10 @@ class RunConfig:
         _check_int("RunConfig", "flow_retries", self.flow_retries, 0, allow_none=False)
         for name in ("flow_retry_delay_s", "lease_ttl_s"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise _fail("RunConfig", name, f"must be a number of seconds >= 0, got {value!r}.")
+            if not _is_number(value) or value < 0:
+                raise _fail(
+                    "RunConfig", name, f"must be a finite number of seconds >= 0, got {value!r}."
+                )
         if self.lease_ttl_s < 1:
             raise _fail(
                 "RunConfig", "lease_ttl_s", f"must be at least 1 second, got {self.lease_ttl_s!r}."
@@ -287,12 +294,12 @@ class RunConfig:
             raise _fail(
                 "RunConfig",
                 "stop",
-                "must be a dict of metric name -> number, or a function (trial_id, result) -> bool.",
+                "must be a dict of metric name -> finite number, or a function "
+                f"(trial_id, result) -> bool; got {self.stop!r}.",
             )
 
 
 def _is_stop_dict(stop: Any) -> bool:
     return isinstance(stop, Mapping) and all(
-        isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
-        for k, v in stop.items()
+        isinstance(k, str) and _is_number(v) for k, v in stop.items()
     )

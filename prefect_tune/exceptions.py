@@ -24,6 +24,7 @@ __all__ = [
     "IncompleteCheckpointError",
     "StateError",
     "UnsupportedSchemaVersionError",
+    "DamagedStateError",
     "UnsafePathError",
     "ExperimentNotFoundError",
     "ReportError",
@@ -103,7 +104,24 @@ class UnsupportedSchemaVersionError(StateError, ValueError):
     """A state file was written by a newer prefect-tune than the one reading it."""
 
 
-class UnsafePathError(StateError, ValueError):
+class DamagedStateError(StateError, ValueError):
+    """A stored state file cannot be read as what it must be: it is not JSON (truncated, cut
+    short, edited by hand) or not a valid document of its kind. The message names the file and
+    what is wrong; nothing was written because of it.
+
+    Attributes:
+        path: The URL of the damaged file, if known.
+    """
+
+    def __init__(self, message: str, path: str | None = None):
+        super().__init__(message)
+        self.path = path
+
+    def __reduce__(self) -> tuple[type[DamagedStateError], tuple[str, str | None]]:
+        return (type(self), (str(self), self.path))
+
+
+class UnsafePathError(DamagedStateError):
     """A path read from stored state would lead outside its directory: a file or directory name
     with a ``..``, ``.`` or empty segment, an absolute path, a backslash, a drive letter or a
     control character, or (on a local or NFS path) a symbolic link to somewhere else. Nothing

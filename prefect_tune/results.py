@@ -246,7 +246,11 @@ class Result:
 
     @property
     def metrics_dataframe(self) -> pd.DataFrame:
-        """Every reported result, one row per ``training_iteration`` (read on first access)."""
+        """Every reported result, one row per ``training_iteration`` (read on first access).
+
+        Raises:
+            DamagedStateError: a results segment of the trial is damaged (the message names it).
+        """
         return pd.DataFrame([_flatten(row) for row in self._rows()])
 
     def get_best_checkpoint(self, metric: str, mode: str) -> Checkpoint:
@@ -388,6 +392,7 @@ class ResultGrid(Sequence[Result]):
         Raises:
             ConfigError: both ``storage_options`` and ``storage`` were given.
             ExperimentNotFoundError: no experiment is stored at ``path``.
+            DamagedStateError: a state file of the experiment is damaged (the message names it).
 
         Examples:
             >>> ResultGrid.from_path("exp", storage=TuneStorage.load("tuning"))  # doctest: +SKIP

@@ -38,6 +38,11 @@ logger = logging.getLogger("prefect_tune")
 # Configs are validated up front (each is cheap to generate) up to this many trials.
 _VALIDATE_UP_TO = 10_000
 
+#: Where the default local cluster serves its Dask dashboard: this machine only, on Dask's usual
+#: port (another free one when it is taken, as Dask does). ``task_runner=DaskTaskRunner(
+#: cluster_kwargs={"dashboard_address": ...})`` serves it elsewhere.
+DEFAULT_DASHBOARD_ADDRESS = "127.0.0.1:8787"
+
 
 def _qualified_name(fn: Callable[..., Any]) -> str:
     module = getattr(fn, "__module__", None) or "?"
@@ -88,8 +93,9 @@ class Tuner:
             ``grid_search`` lists, nested dicts allowed.
         tune_config: Metric, mode, samples, concurrency, seed.
         run_config: Name, storage, checkpoints, failures, stop conditions.
-        task_runner: Where trials run: default ``DaskTaskRunner()`` (a local Dask cluster);
-            ``DaskTaskRunner(address="tcp://...")`` for an existing cluster.
+        task_runner: Where trials run: default ``DaskTaskRunner()`` (a local Dask cluster,
+            its dashboard on 127.0.0.1 only); ``DaskTaskRunner(address="tcp://...")`` for an
+            existing cluster.
 
     Raises:
         ConfigError: a bad argument (the subclass says which, such as SearchSpaceError).
@@ -354,10 +360,11 @@ class Tuner:
 
     def _default_task_runner(self) -> TaskRunner[Any]:
         """A ``DaskTaskRunner`` on a new local cluster (its workers report to this process's
-        Prefect API: see `prefect_tune.prefect`)."""
+        Prefect API: see `prefect_tune.prefect`), with its dashboard on this machine only
+        (`DEFAULT_DASHBOARD_ADDRESS`): Dask's own default listens on every interface."""
         from prefect_dask import DaskTaskRunner
 
-        return DaskTaskRunner()
+        return DaskTaskRunner(cluster_kwargs={"dashboard_address": DEFAULT_DASHBOARD_ADDRESS})
 
     def fit(self) -> ResultGrid:
         """Runs the experiment (or the part of it not yet finished) and returns its results.
@@ -417,6 +424,8 @@ class Tuner:
                 on_takeover=on_takeover,
                 on_acquired=on_acquired,
                 prepare=prepare,
+                # Replaced, not read: a damaged experiment can be overwritten.
+                check_stored=mode != "overwrite",
             )
 
         from prefect_tune.prefect import run_experiment_flow

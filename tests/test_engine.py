@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import logging
+import math
+import time
 
 import pytest
 
@@ -15,7 +19,7 @@ from prefect_tune.engine import (
     TuneController,
     describe_param_space,
 )
-from prefect_tune.exceptions import SessionError
+from prefect_tune.exceptions import ConfigError, SessionError
 from prefect_tune.state import (
     ExperimentDefinition,
     ExperimentStore,
@@ -401,3 +405,129 @@ def test_a_trial_its_driver_submitted_but_never_recorded_runs_on_resume(tmp_path
     again = whole(store, rows)
     assert len(again[0].attempts) == 1  # trial 0 ran, once
     assert [len(t.attempts) for t in again[1:]] == [len(t.attempts) for t in first[1:]]
+
+
+# -- bad exits and bad numbers -----------------------------------------------------------------
+
+
+def test_a_trainable_calling_sys_exit_is_a_counted_failure_with_its_exit_code(tmp_path):
+    store, controller = make_controller(
+        str(tmp_path / "exp"),
+        trainables.exits_with,
+        {"code": 3},
+        failure_config=FailureConfig(max_failures=1),
+    )
+    controller.retry_delay_s = 0.01
+    (trial,) = whole(store, controller.run())
+    assert (trial.status, trial.num_failures, trial.error_type) == (
+        TrialStatus.ERROR,
+        2,  # max_failures=1 ran it again once
+        "SystemExit",
+    )
+    assert trial.error == "SystemExit: the trainable called sys.exit() with exit code 3"
+    assert [a.status for a in trial.attempts] == [TrialStatus.ERROR] * 2
+    assert "SystemExit: 3" in (store.read_trial_text(trial.dir_name, layout.ERROR_FILE) or "")
+
+
+def test_a_keyboard_interrupt_in_a_trainable_is_the_users_and_propagates(tmp_path):
+    from tests._experiment_store import a_trial, run_in
+
+    store = ExperimentStore(Storage.open(StorageSpec(str(tmp_path / "exp"))))
+    trial = a_trial()
+    with pytest.raises(KeyboardInterrupt):
+        run_in(store, trial, trainables.interrupted)
+    stored = store.read_trial(trial.dir_name)
+    assert stored is not None and stored.status is TrialStatus.RUNNING  # resumed later
+    assert store.read_trial_text(trial.dir_name, layout.ERROR_FILE) is None
+
+
+def test_retries_of_a_failing_trial_back_off_and_say_so(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="prefect_tune")
+    store, controller = make_controller(
+        str(tmp_path / "exp"),
+        trainables.raises_at,
+        {"fail_at": 1},  # before its first report, every time
+        failure_config=FailureConfig(max_failures=4),
+    )
+    controller.retry_delay_s, controller.retry_delay_max_s = 0.1, 0.2
+    (trial,) = whole(store, controller.run())
+    assert (trial.status, trial.num_failures) == (TrialStatus.ERROR, 5)
+    starts = [a.started_at for a in trial.attempts]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(starts)]
+    assert [g >= d for g, d in zip(gaps, (0.1, 0.2, 0.2, 0.2), strict=True)] == [True] * 4
+    retries = [r.getMessage() for r in caplog.records if "resuming it" in r.getMessage()]
+    assert len(retries) == 4
+    assert [m.split(" checkpoint in ")[1].split(" s:")[0] for m in retries] == [
+        "0.1",
+        "0.2",
+        "0.2",
+        "0.2",
+    ]
+
+
+def test_unlimited_retries_of_an_always_failing_trial_do_not_spin(tmp_path):
+    store, controller = make_controller(
+        str(tmp_path / "exp"),
+        trainables.raises_at,
+        {"fail_at": 1},
+        failure_config=FailureConfig(max_failures=-1),
+    )
+    controller.retry_delay_s = 0.05
+    controller.time_budget_s = 1.0
+    (row,) = controller.run()
+    (trial,) = whole(store, [row])
+    # 0.05 + 0.1 + 0.2 + 0.4 s of waits fit in the budget, not hundreds of attempts.
+    assert 2 <= len(trial.attempts) <= 6
+    assert row.status is TrialStatus.PENDING  # its next retry waits: resumable
+
+
+def test_the_default_retry_delays():
+    from prefect_tune.engine._controller import RETRY_DELAY_MAX_S, RETRY_DELAY_S
+
+    assert (RETRY_DELAY_S, RETRY_DELAY_MAX_S) == (1.0, 60.0)
+
+
+def test_a_trainable_that_returns_without_reporting_is_warned_of_once(tmp_path, caplog):
+    from prefect_tune.engine._trial_run import NO_REPORT_WARNING
+
+    caplog.set_level(logging.WARNING, logger="prefect_tune")
+    store, controller = make_controller(
+        str(tmp_path / "exp"), trainables.returns_without_reporting, {}
+    )
+    (trial,) = whole(store, controller.run())
+    assert trial.status is TrialStatus.TERMINATED and trial.last_result is None
+    assert [a.warning for a in trial.attempts] == [NO_REPORT_WARNING]
+    warned = [r for r in caplog.records if NO_REPORT_WARNING in r.getMessage()]
+    assert len(warned) == 1 and trial.trial_id in warned[0].getMessage()
+    # Trials that reported carry no warning.
+    store, controller = make_controller(str(tmp_path / "ok"), trainables.quadratic, {"x": 3.0})
+    (trial,) = whole(store, controller.run())
+    assert [a.warning for a in trial.attempts] == [None]
+
+
+@pytest.mark.parametrize(
+    "make, field",
+    [
+        (lambda v: tune.RunConfig(lease_ttl_s=v), "lease_ttl_s"),
+        (lambda v: tune.RunConfig(flow_retry_delay_s=v), "flow_retry_delay_s"),
+        (lambda v: tune.TuneConfig(time_budget_s=v), "time_budget_s"),
+        (lambda v: tune.RunConfig(stop={"loss": v}), "stop"),
+    ],
+    ids=["lease_ttl_s", "flow_retry_delay_s", "time_budget_s", "stop"],
+)
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan], ids=["inf", "-inf", "nan"])
+def test_config_numbers_must_be_finite(make, field, value):
+    with pytest.raises(ConfigError, match=rf"\({field}=\.\.\.\)"):
+        make(value)
+
+
+def test_a_lease_with_a_huge_time_to_live_keeps_renewing(tmp_path):
+    from prefect_tune.state import LeaseHolder
+
+    holder = LeaseHolder(Storage.open(StorageSpec(str(tmp_path))), ttl_s=1e12, settle_s=0.01)
+    holder.acquire()
+    try:
+        time.sleep(0.1)
+        assert holder._thread is not None and holder._thread.is_alive()
+    finally:
+        holder.release()

@@ -344,3 +344,42 @@ def test_the_driver_keeps_only_a_few_of_the_messages_it_sent_to_dask(runner):
 
     maxlen, kept = send_many()
     assert maxlen == MESSAGE_LOG_LENGTH and 0 < kept <= MESSAGE_LOG_LENGTH
+
+
+def test_a_trainable_calling_sys_exit_on_dask_is_a_failed_trial(prefect_api, runner, tmp_path):
+    # SystemExit is no Exception: it used to escape the task run, which Dask then forgot
+    # (FutureCancelledError), leaving trial.json RUNNING without error.txt.
+    name = f"exits-{uuid.uuid4().hex[:6]}"
+    results = Tuner(
+        trainables.exits_with,
+        param_space={"code": 3},
+        tune_config=TuneConfig(metric="loss", mode="min"),
+        run_config=RunConfig(
+            name=name,
+            storage_path=str(tmp_path),
+            failure_config=tune.FailureConfig(max_failures=1),
+        ),
+        task_runner=runner,
+    ).fit()
+    (result,) = list(results)
+    assert result.status is tune.TrialStatus.ERROR and result.num_failures == 2
+    assert "sys.exit() with exit code 3" in str(result.error)
+    assert result.error is not None and "SystemExit: 3" in (result.error.traceback or "")
+    task_runs = experiment_task_runs(name, expected=2)
+    assert len(task_runs) == 2 and all(t.state.is_failed() for t in task_runs)
+
+
+def test_the_default_local_cluster_serves_its_dashboard_on_this_machine_only(prefect_api):
+    from distributed import LocalCluster
+    from distributed.comm.utils import get_tcp_server_addresses
+
+    tuner = Tuner(trainables.quadratic, run_config=RunConfig(name="dash"))
+    kwargs = tuner._default_task_runner().cluster_kwargs
+    assert kwargs["dashboard_address"] == "127.0.0.1:8787"
+    assert kwargs["env"]["PREFECT_API_URL"] == prefect_api
+    with LocalCluster(**kwargs, n_workers=0, processes=False) as cluster:
+        bound = get_tcp_server_addresses(cluster.scheduler.http_server)
+        assert bound and {address[0] for address in bound} == {"127.0.0.1"}
+    # A task runner the user gives is used as it is.
+    mine = DaskTaskRunner(cluster_kwargs={"dashboard_address": ":9999"})
+    assert Tuner(trainables.quadratic, task_runner=mine).task_runner is mine

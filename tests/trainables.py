@@ -144,3 +144,22 @@ def gated(config: dict[str, Any]) -> None:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"the gate {config['gate']} never opened")
                 time.sleep(0.02)
+
+
+def exits_with(config: dict[str, Any]) -> None:
+    """Reports once, then calls ``sys.exit(config["code"])``, as a script's trainable might."""
+    import sys
+
+    tune.report({"loss": 1.0})
+    sys.exit(config["code"])
+
+
+def interrupted(config: dict[str, Any]) -> None:
+    """Reports once, then raises KeyboardInterrupt, as Ctrl-C in the trainable's thread would."""
+    tune.report({"loss": 1.0})
+    raise KeyboardInterrupt
+
+
+def returns_without_reporting(config: dict[str, Any]) -> None:
+    """Does its work and returns without calling ``report()`` (a ported Ray script that still
+    calls Ray's report does that)."""

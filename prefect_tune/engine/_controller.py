@@ -37,6 +37,12 @@ logger = logging.getLogger("prefect_tune")
 #: not set: the rest wait in its queue.
 QUEUED_PER_SLOT = 2
 
+#: A failed trial runs again after this many seconds, each next failure of it (in one run of
+#: the driver) twice as long as the last, up to `RETRY_DELAY_MAX_S`: a trial that fails at once,
+#: every time, with ``max_failures=-1`` must not keep a worker spinning.
+RETRY_DELAY_S = 1.0
+RETRY_DELAY_MAX_S = 60.0
+
 
 @dataclass(frozen=True)
 class ResumePolicy:
@@ -97,6 +103,11 @@ class TuneController:
             writes a definition thus never races another driver.
         observers: Shown the experiment's progress at the start, every observer's
             ``interval_s`` while trials run, and at the end.
+        check_stored: Read the stored experiment whole before taking the lease, so that a
+            damaged one is refused with nothing written; False when ``prepare`` replaces it.
+        retry_delay_s: Wait before the first retry of a failed trial (doubling each time after,
+            up to ``retry_delay_max_s``).
+        retry_delay_max_s: Longest wait before a retry.
     """
 
     def __init__(
@@ -122,6 +133,9 @@ class TuneController:
         on_acquired: Callable[[], None] | None = None,
         prepare: Callable[[], tuple[ExperimentDefinition, BasicVariantGenerator]] | None = None,
         observers: Sequence[ExperimentObserver] = (),
+        check_stored: bool = True,
+        retry_delay_s: float = RETRY_DELAY_S,
+        retry_delay_max_s: float = RETRY_DELAY_MAX_S,
     ):
         self.store = store
         self.definition = definition
@@ -149,6 +163,7 @@ class TuneController:
         self.on_acquired = on_acquired
         self.prepare = prepare
         self.observers = list(observers)
+        self.check_stored = check_stored
         self._observed: dict[int, float] = {}  # observer's position -> when it was last called
         self._progress: ProgressTracker | None = None
         # The trial table. A trial this driver is running, or has queued with a state newer
@@ -158,6 +173,10 @@ class TuneController:
         self._packed: dict[int, PackedSummary] = {}
         self.state: ExperimentState | None = None
         self._queue: deque[tuple[int, bool]] = deque()  # (trial index, restart from scratch)
+        self.retry_delay_s = retry_delay_s
+        self.retry_delay_max_s = retry_delay_max_s
+        self._delayed: dict[int, float] = {}  # failed trial index -> when it may run again
+        self._retries: dict[int, int] = {}  # trial index -> its retries in this run
         self._running: dict[Any, int] = {}
         self._last_save = 0.0
         self._save_cost = 0.0
@@ -180,8 +199,16 @@ class TuneController:
             config=self.generator.config_for(index),
         )
 
-    def _load(self) -> None:
+    def _load(self) -> list[str]:
+        """Reads the stored experiment into the trial table and queues what runs again.
+
+        Returns:
+            The directories of queued trials whose ``trial.json`` was not read (the snapshot
+            shows them finished): they are read when they start.
+        """
         state, trials = self.store.load_summaries()
+        self._queue.clear()
+        unread: list[str] = []
         self.state = state or ExperimentState(name=self.definition.name)
         self._live = {}
         self._packed = {t.index: t for t in trials}
@@ -198,6 +225,8 @@ class TuneController:
             if trial.status is TrialStatus.TERMINATED:
                 continue
             if trial.status is TrialStatus.ERROR:
+                if self.policy.restart_errored or self.policy.resume_errored:
+                    unread.append(trial.dir_name)
                 if self.policy.restart_errored:
                     self._enqueue_stored(trial, restart=True)
                 elif self.policy.resume_errored:
@@ -207,12 +236,31 @@ class TuneController:
         if self.flow_run is not None:
             self.state.flow_runs.append(self.flow_run)
         self.state.finished = False
+        return unread
 
-    def _enqueue(self, trial: TrialState, restart: bool = False) -> None:
+    def _check_stored(self) -> None:
+        """Reads everything the run will read of the stored experiment before this driver
+        writes anything, its lease included: a damaged file raises here, naming it, and leaves
+        every stored byte as it was. Once the lease is held it is all read again, for good.
+
+        Raises:
+            DamagedStateError: a state file is damaged.
+            UnsupportedSchemaVersionError: a state file is from a newer prefect-tune.
+        """
+        self.store.read_trials(self._load())
+
+    def _enqueue(
+        self, trial: TrialState, restart: bool = False, after_s: float | None = None
+    ) -> None:
+        """Queues a trial this driver holds whole; ``after_s`` keeps it out of the queue (in
+        `_delayed`) for that many seconds."""
         trial.status = TrialStatus.PENDING
         self._live[trial.index] = trial
         self._packed.pop(trial.index, None)
-        self._queue.append((trial.index, restart))
+        if after_s is None:
+            self._queue.append((trial.index, restart))
+        else:
+            self._delayed[trial.index] = time.monotonic() + after_s
         self._dirty = True
 
     def _enqueue_stored(self, trial: PackedSummary, restart: bool = False) -> None:
@@ -260,7 +308,10 @@ class TuneController:
 
         Raises:
             TrialError: a trial errored and ``FailureConfig(fail_fast="raise")``.
+            DamagedStateError: a state file is damaged (nothing was written).
         """
+        if self.check_stored:
+            self._check_stored()
         previous = self.lease.acquire()
         try:
             # Trials the old driver left running see the new lease at their next fence check;
@@ -324,14 +375,14 @@ class TuneController:
                     self.time_budget_s is not None
                     and time.monotonic() - start >= self.time_budget_s
                 )
-                while (
-                    len(self._running) < limit and not out_of_time and self._fail_fast_error is None
-                ):
+                stopping = out_of_time or self._fail_fast_error is not None
+                self._release_due_retries()
+                while len(self._running) < limit and not stopping:
                     if not self._launch_next(deadline):
                         break
-                if not self._running:
+                if not self._running and (stopping or not self._delayed):
                     break
-                for handle, result in self.executor.wait(timeout=1.0):
+                for handle, result in self.executor.wait(timeout=self._wait_s()):
                     self._on_done(handle, result)
                 self.lease.check()
                 self._save()
@@ -339,7 +390,10 @@ class TuneController:
         finally:
             assert self.state is not None
             self.state.finished = (
-                not self._running and not self._queue and not self._has_more_trials()
+                not self._running
+                and not self._queue
+                and not self._delayed
+                and not self._has_more_trials()
             )
             self._save(force=True)
             self._observe(done=True)
@@ -393,15 +447,17 @@ class TuneController:
         trial = self._failed_trial(index, result)
         max_failures = self.failure_config.max_failures
         if max_failures == -1 or trial.num_failures <= max_failures:
+            delay = self._retry_delay(index)
             logger.warning(
                 "Trial %s failed (%d of %s allowed failures); resuming it from its latest "
-                "checkpoint: %s",
+                "checkpoint in %.3g s: %s",
                 trial.trial_id,
                 trial.num_failures,
                 "unlimited" if max_failures == -1 else max_failures,
+                delay,
                 trial.error,
             )
-            self._enqueue(trial)
+            self._enqueue(trial, after_s=delay)
             return
         logger.error("Trial %s errored: %s", trial.trial_id, trial.error)
         self._finish(trial)
@@ -409,6 +465,25 @@ class TuneController:
             self._fail_fast_error = TrialError(f"Trial {trial.trial_id} errored: {trial.error}")
             # Running trials pause at their next fence check and stay resumable.
             self.lease.request_stop_trials()
+
+    def _retry_delay(self, index: int) -> float:
+        """The wait before the next retry of trial ``index``, counting its retries so far."""
+        retries = self._retries[index] = self._retries.get(index, 0) + 1
+        return min(self.retry_delay_max_s, self.retry_delay_s * 2.0 ** min(retries - 1, 32))
+
+    def _release_due_retries(self) -> None:
+        """Queues the failed trials whose wait is over."""
+        now = time.monotonic()
+        for index, due in list(self._delayed.items()):
+            if due <= now:
+                del self._delayed[index]
+                self._queue.append((index, False))
+
+    def _wait_s(self) -> float:
+        """How long to wait for trials to end: until the next retry is due, at most 1 s."""
+        if not self._delayed:
+            return 1.0
+        return min(1.0, max(0.0, min(self._delayed.values()) - time.monotonic()))
 
     def _failed_trial(self, index: int, error: BaseException) -> TrialState:
         """The stored state of a trial whose task run raised, completed if its worker died."""

@@ -8,6 +8,7 @@ after it ends, so the trial's fate is in storage before the task returns (durabl
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import time
 import traceback
@@ -22,6 +23,14 @@ from prefect_tune.engine._session import TrialContext, TrialSession, activated
 from prefect_tune.exceptions import TrialError, WorkerLostError
 from prefect_tune.state import AttemptRecord, ExperimentStore, TrialState, TrialStatus
 from prefect_tune.storage import StorageSpec, layout
+
+logger = logging.getLogger("prefect_tune")
+
+#: What the trial's attempt records when its trainable returned without reporting anything.
+NO_REPORT_WARNING = (
+    "The trainable returned without reporting a result: nothing ranks this trial. Call "
+    "prefect_tune.report({...}) (not Ray's report) at least once."
+)
 
 
 @dataclass
@@ -151,8 +160,9 @@ def run_trial(request: TrialRequest, task_run_id: str | None = None) -> TrialOut
         ended it, PAUSED when a control paused it.
 
     Raises:
-        TrialError: the trainable raised; the trial is stored as ERROR with the traceback in
-            ``error.txt`` before this is raised.
+        TrialError: the trainable raised, or called ``sys.exit()``; the trial is stored as
+            ERROR with the traceback in ``error.txt`` before this is raised. (A
+            KeyboardInterrupt is the user's, not the trainable's error: it propagates.)
     """
     storage = request.experiment.open()
     fence = ExperimentFence(storage, request.lease_owner, request.fence_interval_s)
@@ -192,13 +202,14 @@ def run_trial(request: TrialRequest, task_run_id: str | None = None) -> TrialOut
                 session.report(returned)
     except TrialStopped as stopped:
         decision = stopped.decision
-    except Exception as exc:
+    # sys.exit() in a trainable is its failure, with its exit code, not the worker's exit.
+    except (Exception, SystemExit) as exc:
         # A trial that another driver took over is not this task run's to record as failed.
         if fence.check() is Decision.ABANDON:
             return TrialOutcome(trial=trial, decision=Decision.ABANDON)
         _record_error(store, session, exc)
         raise TrialError(
-            f"Trial {trial.trial_id} ({request.trial_name}) failed: {type(exc).__name__}: {exc}"
+            f"Trial {trial.trial_id} ({request.trial_name}) failed: {_error_text(exc)}"
         ) from exc
     finally:
         session.close()
@@ -213,8 +224,17 @@ def run_trial(request: TrialRequest, task_run_id: str | None = None) -> TrialOut
         trial.status = attempt.status = TrialStatus.TERMINATED
         if trial.last_result is not None:
             trial.last_result["done"] = True
+        else:
+            logger.warning("Trial %s: %s", trial.trial_id, NO_REPORT_WARNING)
+            attempt.warning = NO_REPORT_WARNING
     store.write_trial(trial)
     return TrialOutcome(trial=trial, decision=decision)
+
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"SystemExit: the trainable called sys.exit() with exit code {exc.code!r}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _record_error(store: ExperimentStore, session: TrialSession, exc: BaseException) -> None:
@@ -224,7 +244,7 @@ def _record_error(store: ExperimentStore, session: TrialSession, exc: BaseExcept
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     trial.status = TrialStatus.ERROR
     trial.num_failures += 1
-    trial.error = f"{type(exc).__name__}: {exc}"
+    trial.error = _error_text(exc)
     trial.error_type = type(exc).__name__
     attempt = trial.attempts[-1]
     attempt.ended_at = time.time()

@@ -11,6 +11,11 @@ wins and the other gets :class:`ExperimentLockedError`.
 
 Trials read the lease too (at most every ``fence_interval_s``): a trial whose driver lost the
 lease stops writing, and ``stop_trials`` (set for fail-fast) pauses running trials.
+
+A damaged ``lease.json`` (cut short, edited by hand) tells no one whether its driver is live: a
+driver refuses to take the experiment (:class:`DamagedStateError` naming the file), and the
+driver holding it, unable to renew it, stops once it went unrenewed for its time to live, as if
+another driver had taken over (:class:`LeaseLostError`). Its trials stop writing by then too.
 """
 
 from __future__ import annotations
@@ -26,8 +31,9 @@ from typing import Any
 
 from pydantic import Field
 
-from prefect_tune.exceptions import ExperimentLockedError, LeaseLostError
-from prefect_tune.state._models import SCHEMA_VERSION, _Model, load_document
+from prefect_tune.exceptions import DamagedStateError, ExperimentLockedError, LeaseLostError
+from prefect_tune.state._models import SCHEMA_VERSION, _Model
+from prefect_tune.state._store import read_document
 from prefect_tune.storage import Storage, layout
 
 logger = logging.getLogger("prefect_tune")
@@ -90,11 +96,13 @@ def _pid_alive(pid: int) -> bool:
 
 
 def read_lease(storage: Storage) -> Lease | None:
-    try:
-        raw = storage.read_json(layout.LEASE_FILE)
-    except FileNotFoundError:
-        return None
-    return load_document(Lease, raw, storage.uri(layout.LEASE_FILE))
+    """The experiment's lease, or None when no driver ever took it.
+
+    Raises:
+        DamagedStateError: ``lease.json`` is damaged (no driver can tell whether it is live).
+        StorageError: the storage could not be read.
+    """
+    return read_document(storage, layout.LEASE_FILE, Lease)
 
 
 class LeaseHolder:
@@ -144,8 +152,16 @@ class LeaseHolder:
 
         Raises:
             ExperimentLockedError: a live driver holds the experiment.
+            DamagedStateError: ``lease.json`` is damaged.
         """
-        previous = read_lease(self.storage)
+        try:
+            previous = read_lease(self.storage)
+        except DamagedStateError as exc:
+            raise DamagedStateError(
+                f"{exc} Nothing tells whether a driver holds the experiment: if none is running "
+                "it, delete that file and run it again.",
+                exc.path,
+            ) from exc
         if previous is not None and previous.owner != self.owner and previous.is_live():
             raise self._locked(previous)
         now = time.time()
@@ -187,12 +203,26 @@ class LeaseHolder:
             self.storage.write_bytes(layout.LEASE_FILE, self.lease.model_dump_json().encode())
 
     def _renew_loop(self) -> None:
-        interval = max(0.05, self.ttl_s / 3)
+        interval = min(max(0.05, self.ttl_s / 3), threading.TIMEOUT_MAX)
+        renewed = self.lease.renewed_at  # as last stored
         while not self._stop.wait(interval):
             try:
                 self.renew()
+                renewed = self.lease.renewed_at
             except Exception as exc:  # a storage hiccup: try again next time, within the ttl
-                logger.warning("Could not renew the lease of %s: %s", self.storage.url, exc)
+                if time.time() - renewed < self.ttl_s:
+                    logger.warning("Could not renew the lease of %s: %s", self.storage.url, exc)
+                    continue
+                # Past its time to live another driver may take over: stop as if one had.
+                self.lost = LeaseLostError(
+                    f"This driver could not renew its lease {self.storage.uri(layout.LEASE_FILE)} "
+                    f"for {self.ttl_s:.0f} s, its time to live ({type(exc).__name__}: {exc}); it "
+                    "stops writing, since another driver may have taken the experiment over. "
+                    "Run the experiment again once the lease can be read."
+                )
+                logger.error("%s", self.lost)
+                self._stop.set()
+                return
 
     def renew(self) -> None:
         """Renews the lease, or records that another driver took it (``lost``)."""

@@ -15,6 +15,9 @@ Versions (each older version is still read, upgraded by the migrations at the en
 - the driver's snapshot (`ExperimentState`, ``experiment_state.json``) is at version 2, which
   records each trial as a compact `TrialSummary` instead of its whole `TrialState`.
 - every other document (the definition, the lease, a driver's record) is at version 1.
+
+An optional field with a default is added without a new version, as readers ignore fields they
+do not know: `AttemptRecord.warning` was added so, within version 3 of the trial's state.
 """
 
 from __future__ import annotations
@@ -26,7 +29,11 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from prefect_tune.exceptions import StateError, UnsafePathError, UnsupportedSchemaVersionError
+from prefect_tune.exceptions import (
+    DamagedStateError,
+    UnsafePathError,
+    UnsupportedSchemaVersionError,
+)
 from prefect_tune.storage import layout
 
 #: The version of the documents whose format never changed (definition, lease).
@@ -80,9 +87,10 @@ def _field(loc: tuple[int | str, ...]) -> str:
     )
 
 
-def _damaged(exc: ValidationError, message: str) -> StateError:
+def _damaged(exc: ValidationError, message: str, where: str | None = None) -> DamagedStateError:
     """The error for a document that failed validation: an `UnsafePathError` when a path in
-    it could lead outside its directory (naming each), a `StateError` otherwise."""
+    it could lead outside its directory (naming each), a `DamagedStateError` otherwise; both
+    name the file ``where`` when it is known."""
     unsafe = [
         f"{_field(error['loc'])}: {cause}"
         for error in exc.errors()
@@ -92,9 +100,10 @@ def _damaged(exc: ValidationError, message: str) -> StateError:
         return UnsafePathError(
             f"{message}: {'; '.join(unsafe)}. A path read from stored state must stay inside "
             "its directory: the file is damaged, or was written to lead elsewhere; nothing was "
-            "read from or written to that path."
+            "read from or written to that path.",
+            where,
         )
-    return StateError(f"{message}: {exc}")
+    return DamagedStateError(f"{message}: {validation_problems(exc)}", where)
 
 
 class _Model(BaseModel):
@@ -133,6 +142,11 @@ class AttemptRecord(_Model):
     flow_run_id: str | None = None
     task_run_id: str | None = None
     host: str | None = None
+    warning: str | None = Field(
+        default=None,
+        description="Something the attempt did that is allowed but likely a mistake (its "
+        "trainable returned without reporting).",
+    )
 
 
 class CarriedResults(_Model):
@@ -272,20 +286,20 @@ class PackedSummary:
         """Packs the JSON of a summary as stored; returns it with the trial's directory name.
 
         Raises:
-            StateError: ``data`` is not a summary (only the index, status and directory name are
-                checked here; the rest when it is unpacked).
+            DamagedStateError: ``data`` is not a summary (only the index, status and directory
+                name are checked here; the rest when it is unpacked).
         """
         try:
             key = _SummaryKey.model_validate_json(data)
         except ValidationError as exc:
-            raise _damaged(exc, f"A trial summary in {where} is damaged") from exc
+            raise _damaged(exc, f"A trial summary in {where} is damaged", where) from exc
         return cls(key.index, key.status, key.num_failures, data), key.dir_name
 
     def unpack(self) -> TrialSummary:
         """The summary, parsed and validated.
 
         Raises:
-            StateError: the stored JSON is not a valid summary.
+            DamagedStateError: the stored JSON is not a valid summary.
         """
         try:
             return TrialSummary.model_validate_json(self.data)
@@ -441,19 +455,30 @@ def current_version(model: type[_Model]) -> int:
     return int(field.default) if field is not None else SCHEMA_VERSION
 
 
+def validation_problems(exc: ValidationError, limit: int = 3) -> str:
+    """What a validation error found, on one line: ``field: message; ...`` (never the values,
+    which may be large)."""
+    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    parts = [f"{'.'.join(map(str, e['loc'])) or 'the document'}: {e['msg']}" for e in errors]
+    more = f" (and {len(parts) - limit} more)" if len(parts) > limit else ""
+    return "; ".join(parts[:limit]) + more
+
+
 def load_document(model: type[M], raw: Any, where: str) -> M:
     """Validates a raw JSON document as ``model``, upgrading older schema versions.
 
     Raises:
         UnsupportedSchemaVersionError: the document is from a newer prefect-tune.
         UnsafePathError: a name or path in the document could lead outside its directory.
-        StateError: the document is not a valid ``model``.
+        DamagedStateError: the document is not a valid ``model``.
     """
     if not isinstance(raw, dict):
-        raise StateError(f"{where} is not a JSON object; the file is damaged.")
+        raise DamagedStateError(f"{where} is damaged: it is not a JSON object.", where)
     version = raw.get("schema_version", 1)
     if not isinstance(version, int) or version < 1:
-        raise StateError(f"{where} has an invalid schema_version {version!r}.")
+        raise DamagedStateError(
+            f"{where} is damaged: it has an invalid schema_version {version!r}.", where
+        )
     current = current_version(model)
     if version > current:
         raise UnsupportedSchemaVersionError(
@@ -465,7 +490,9 @@ def load_document(model: type[M], raw: Any, where: str) -> M:
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        raise _damaged(exc, f"{where} is not a valid {model.__name__}") from exc
+        raise _damaged(
+            exc, f"{where} is damaged: it is not a valid {model.__name__}", where
+        ) from exc
 
 
 def load_document_json(model: type[M], data: bytes, where: str) -> M:
@@ -473,7 +500,7 @@ def load_document_json(model: type[M], data: bytes, where: str) -> M:
 
     Raises:
         UnsupportedSchemaVersionError: the document is from a newer prefect-tune.
-        StateError: the document is not JSON or not a valid ``model``.
+        DamagedStateError: the document is not JSON or not a valid ``model``.
     """
     try:
         document = model.model_validate_json(data)
@@ -483,6 +510,9 @@ def load_document_json(model: type[M], data: bytes, where: str) -> M:
         return document
     try:
         raw = json.loads(data)
-    except ValueError as exc:
-        raise StateError(f"{where} is not valid JSON; the file is damaged: {exc}") from exc
+    except ValueError as exc:  # UnicodeDecodeError too
+        raise DamagedStateError(
+            f"{where} is damaged: it is not valid JSON ({exc}); it was cut short or edited.",
+            where,
+        ) from exc
     return load_document(model, raw, where)

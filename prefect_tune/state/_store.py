@@ -15,6 +15,12 @@ The snapshot ``experiment_state.json`` is one JSON object whose ``trials`` come 
 so that a reader can take each trial's JSON as it is (a `PackedSummary`) without building every
 trial's objects at once. Any other layout of the same JSON (a version 1 snapshot, a file
 rewritten by hand) is read too, parsed whole.
+
+Every state file is parsed by ``load_document_json`` (read through `read_document`; the
+snapshot is split first, by `ExperimentStore._read_snapshot`), and a results segment by
+`_parse_segment`: a file that is not what it must be (cut short, edited by hand) raises
+:class:`~prefect_tune.exceptions.DamagedStateError` naming it and what is wrong, never a bare
+JSON error.
 """
 
 from __future__ import annotations
@@ -26,19 +32,75 @@ import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from prefect_tune.exceptions import CheckpointError, ExperimentNotFoundError, StateError
+from prefect_tune.exceptions import (
+    CheckpointError,
+    DamagedStateError,
+    ExperimentNotFoundError,
+)
 from prefect_tune.state._models import (
     CheckpointRecord,
     ExperimentDefinition,
     ExperimentState,
     PackedSummary,
     TrialState,
-    load_document,
+    _Model,
     load_document_json,
 )
 from prefect_tune.storage import Storage, layout
+
+M = TypeVar("M", bound=_Model)
+
+
+def read_document(storage: Storage, rel: str, model: type[M]) -> M | None:
+    """Reads the state file ``rel`` as a ``model``; None when there is no such file.
+
+    Raises:
+        UnsupportedSchemaVersionError: the file is from a newer prefect-tune.
+        DamagedStateError: the file is not JSON, or not a valid ``model``; the message names it.
+        StorageError: the storage could not be read.
+    """
+    try:
+        data = storage.read_bytes(rel)
+    except FileNotFoundError:
+        return None
+    return load_document_json(model, data, storage.uri(rel))
+
+
+def _parse_segment(data: bytes, where: str) -> list[dict[str, Any]]:
+    """The rows of a results segment (one JSON object a line).
+
+    Raises:
+        DamagedStateError: a line is not a JSON object with an integer ``training_iteration``.
+    """
+    rows: list[dict[str, Any]] = []
+    try:
+        lines = data.decode().splitlines()
+    except UnicodeDecodeError as exc:
+        raise DamagedStateError(
+            f"{where} is damaged: it is not UTF-8 text ({exc}).", where
+        ) from exc
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise DamagedStateError(
+                f"{where} is damaged: line {number} is not valid JSON ({exc}); the file was cut "
+                "short or edited.",
+                where,
+            ) from exc
+        iteration = row.get("training_iteration", 0) if isinstance(row, dict) else None
+        if isinstance(iteration, bool) or not isinstance(iteration, int):
+            raise DamagedStateError(
+                f"{where} is damaged: line {number} is not a result (a JSON object with an "
+                "integer training_iteration).",
+                where,
+            )
+        rows.append(row)
+    return rows
 
 
 @dataclass(frozen=True)
@@ -168,14 +230,19 @@ class ExperimentStore:
         return self.storage.exists(layout.EXPERIMENT_FILE)
 
     def read_definition(self) -> ExperimentDefinition:
-        """Raises ExperimentNotFoundError when no experiment is stored here."""
-        try:
-            raw = self.storage.read_json(layout.EXPERIMENT_FILE)
-        except FileNotFoundError as exc:
+        """The experiment's definition.
+
+        Raises:
+            ExperimentNotFoundError: no experiment is stored here.
+            UnsupportedSchemaVersionError: the definition is from a newer prefect-tune.
+            DamagedStateError: ``experiment.json`` is damaged.
+        """
+        definition = read_document(self.storage, layout.EXPERIMENT_FILE, ExperimentDefinition)
+        if definition is None:
             raise ExperimentNotFoundError(
                 f"No experiment is stored at {self.uri} (no {layout.EXPERIMENT_FILE})."
-            ) from exc
-        return load_document(ExperimentDefinition, raw, self.storage.uri(layout.EXPERIMENT_FILE))
+            )
+        return definition
 
     def write_definition(self, definition: ExperimentDefinition) -> None:
         self.storage.write_bytes(layout.EXPERIMENT_FILE, definition.model_dump_json().encode())
@@ -200,13 +267,9 @@ class ExperimentStore:
 
         Raises:
             UnsupportedSchemaVersionError: the snapshot is from a newer prefect-tune.
-            StateError: the snapshot is damaged.
+            DamagedStateError: the snapshot is damaged.
         """
-        try:
-            data = self.storage.read_bytes(layout.EXPERIMENT_STATE_FILE)
-        except FileNotFoundError:
-            return None
-        return load_document_json(ExperimentState, data, self._state_uri)
+        return read_document(self.storage, layout.EXPERIMENT_STATE_FILE, ExperimentState)
 
     def write_state(
         self, state: ExperimentState, trials: Iterable[PackedSummary] | None = None
@@ -241,11 +304,7 @@ class ExperimentStore:
         where = self._state_uri
         first = data.find(b"\n")
         if first > 0 and data[:first].endswith(_TRIALS_OPEN) and data.endswith(_TRIALS_CLOSE):
-            try:
-                raw = json.loads(data[:first] + b"]}")
-            except ValueError as exc:
-                raise StateError(f"{where} is not valid JSON; the file is damaged: {exc}") from exc
-            state = load_document(ExperimentState, raw, where)
+            state = load_document_json(ExperimentState, data[:first] + b"]}", where)
             if len(data) == first + len(_TRIALS_CLOSE):
                 return state, []
             # Split the file itself (the rows are its only copy) and trim the ends off.
@@ -288,7 +347,7 @@ class ExperimentStore:
 
         Raises:
             UnsupportedSchemaVersionError: a state file is from a newer prefect-tune.
-            StateError: a state file is damaged.
+            DamagedStateError: a state file is damaged.
         """
         state, rows = self._load_rows()
         return state, list(rows.values())
@@ -302,7 +361,7 @@ class ExperimentStore:
 
         Raises:
             UnsupportedSchemaVersionError: a state file is from a newer prefect-tune.
-            StateError: a state file is damaged.
+            DamagedStateError: a state file is damaged.
         """
         state, rows = self._load_rows()
         stored = self.read_trials(rows)
@@ -316,21 +375,16 @@ class ExperimentStore:
 
         Raises:
             UnsupportedSchemaVersionError: the file is from a newer prefect-tune.
-            StateError: the file is damaged.
+            DamagedStateError: the file is damaged.
         """
-        rel = layout.trial_file(dir_name)
-        try:
-            data = self.storage.read_bytes(rel)
-        except FileNotFoundError:
-            return None
-        return load_document_json(TrialState, data, self.storage.uri(rel))
+        return read_document(self.storage, layout.trial_file(dir_name), TrialState)
 
     def read_trials(self, dir_names: Iterable[str]) -> dict[str, TrialState | None]:
         """`read_trial` of several trials; several at once when the storage is slow to answer.
 
         Raises:
             UnsupportedSchemaVersionError: a file is from a newer prefect-tune.
-            StateError: a file is damaged.
+            DamagedStateError: a file is damaged.
         """
         names = list(dict.fromkeys(dir_names))
         out: dict[str, TrialState | None] = {}
@@ -385,6 +439,9 @@ class ExperimentStore:
         earlier attempt reported after ``k``: the history is what one uninterrupted run would
         have reported. Rows that ``trial`` carries (`CarriedResults`) count as the segment they
         are to be, unless that segment was written (it then holds them, and maybe more).
+
+        Raises:
+            DamagedStateError: a results segment is damaged.
         """
         written: dict[tuple[int, int], str] = {}
         for name in self.storage.list_dir(layout.results_dir(trial.dir_name)):
@@ -405,8 +462,8 @@ class ExperimentStore:
             if file_name is None:
                 segment = carried[(attempt, seq)]
             else:
-                data = self.storage.read_bytes(f"{layout.results_dir(trial.dir_name)}/{file_name}")
-                segment = [json.loads(line) for line in data.decode().splitlines() if line.strip()]
+                rel = f"{layout.results_dir(trial.dir_name)}/{file_name}"
+                segment = _parse_segment(self.storage.read_bytes(rel), self.storage.uri(rel))
             for row in segment:
                 rows[int(row.get("training_iteration", len(rows) + 1))] = row
         return [rows[it] for it in sorted(rows)]
