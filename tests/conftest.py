@@ -5,7 +5,8 @@ asks for it: a test that uses only in-memory storage starts nothing.
 
 - ``prefect_api``: a temporary Prefect API (``prefect_test_harness``); yields its URL.
 - ``s3_server`` / ``gcs_server``: a moto S3 server / a GCS emulator (:class:`ObjectStoreServer`).
-- ``storage_backend``: one of :data:`BACKENDS` with its capabilities (:class:`StorageBackend`).
+- ``storage_backend``: one of :data:`~prefect_tune.testing.storage_suite.BACKENDS` with its
+  capabilities (:class:`~prefect_tune.testing.storage_suite.StorageBackend`).
 - ``storage_spec``: a fresh, empty :class:`StorageSpec` on that backend; a test that takes it
   runs once per backend (ids ``memory``, ``local``, ``shared``, ``s3``, ``gcs``).
 - ``dask_cluster``: a ``LocalCluster`` with two worker processes.
@@ -56,6 +57,7 @@ import pytest  # noqa: E402
 
 from prefect_tune.exceptions import StorageError  # noqa: E402
 from prefect_tune.storage import StorageSpec  # noqa: E402
+from prefect_tune.testing.storage_suite import BACKENDS, StorageBackend  # noqa: E402
 
 # -- Prefect ------------------------------------------------------------------------------------
 
@@ -171,30 +173,6 @@ def gcs_server() -> Iterator[ObjectStoreServer]:
 
 
 # -- storage roots ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class StorageBackend:
-    """A kind of storage the suite runs against, and what it can do.
-
-    Attributes:
-        name: The test id: ``memory``, ``local``, ``shared``, ``s3`` or ``gcs``.
-        shared: Several processes (Dask workers standing for other hosts) can write to the
-            same root and see each other's files. Not true of ``memory`` (per process) nor of
-            ``local`` (a disk other hosts cannot see).
-    """
-
-    name: str
-    shared: bool
-
-
-BACKENDS: tuple[StorageBackend, ...] = (
-    StorageBackend("memory", shared=False),
-    StorageBackend("local", shared=False),
-    StorageBackend("shared", shared=True),
-    StorageBackend("s3", shared=True),
-    StorageBackend("gcs", shared=True),
-)
 
 
 @pytest.fixture
