@@ -138,7 +138,7 @@ def _drive_and_kill(
         "--sleep-s",
         str(size["sleep_s"]),
     ]
-    from bench._env import REPO_ROOT
+    from tests._env import REPO_ROOT
 
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         proc = subprocess.Popen(
