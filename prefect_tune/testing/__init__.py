@@ -9,13 +9,14 @@ Started on 127.0.0.1, each a context manager that stops what it started:
   :func:`flow_runs_named` reads an experiment's flow runs from it;
 - :func:`local_cluster`: a Dask ``LocalCluster`` of worker processes reporting to that API.
 
-A public module goes with them: :mod:`prefect_tune.testing.storage_suite`, the storage
+Two public modules go with them: :mod:`prefect_tune.testing.storage_suite`, the storage
 contract as a test class that a backend runs by subclassing it (it imports pytest, so it is not
-imported here).
+imported here), and :mod:`prefect_tune.testing.side_log`, a checkpointing trainable whose side
+log tells which iterations ran where, for tests and benchmarks of crashes and restores.
 
 Why inside the library: the repository's ``tests/`` and ``bench/`` both need these and neither
-should import the other; Dask workers import what the suite submits to them by name wherever
-the library is installed; and a storage backend's authors get the suite with
+should import the other; Dask workers and driver subprocesses import the trainables by name
+wherever the library is installed; and a storage backend's authors get the suite with
 ``pip install prefect-tune``, as fsspec ships ``fsspec.tests.abstract`` and Prefect
 ``prefect.testing``. The packages the servers need (moto, boto3, gcp-storage-emulator, gcsfs,
 distributed: the ``test`` extra) are imported inside the functions that start them, so the

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from prefect_tune.testing import flow_runs_named
+from prefect_tune.testing.side_log import expected_metrics, read_side_log
 from tests.crash.harness import CrashExperiment, result_grid
-from tests.crash.trainables import expected_metrics, read_side_log
 
 USER_METRICS = ("loss", "score", "step")
 

@@ -28,9 +28,9 @@ from typing import Any
 from prefect_tune import ResultGrid
 from prefect_tune.storage import Storage
 from prefect_tune.testing import ObjectStoreServer, flow_runs_named, s3_client
+from prefect_tune.testing.side_log import read_side_log
 from tests._env import REPO_ROOT
 from tests.crash.driver import SUMMARY_PREFIX
-from tests.crash.trainables import read_side_log
 
 #: (what, seconds, details) of each crash test, printed at the end of the session.
 TIMINGS: list[tuple[str, float, str]] = []
