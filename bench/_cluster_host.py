@@ -1,8 +1,9 @@
 """Hosts the benchmark's ``distributed.LocalCluster`` in a process of its own.
 
-``python -m bench._cluster_host <prefect api url>`` starts the cluster (2 worker processes x 1
-thread, workers reporting to the given Prefect API), prints ``{"address": ...}`` as one JSON line
-and keeps it up until its standard input is closed.
+``python -m bench._cluster_host <prefect api url>`` starts the cluster
+(:func:`prefect_tune.testing.local_cluster`: 2 worker processes x 1 thread, workers reporting to
+the given Prefect API), prints ``{"address": ...}`` as one JSON line and keeps it up until its
+standard input is closed.
 
 Why a separate process: a LocalCluster runs its scheduler inside the process that creates it.
 Here the driver talks to the cluster by address only (``DaskTaskRunner(address=...)``, as with a
@@ -12,7 +13,6 @@ real cluster), so the driver's memory and CPU numbers are the driver's, not the 
 from __future__ import annotations
 
 import json
-import logging
 import sys
 
 N_WORKERS = 2
@@ -20,17 +20,11 @@ THREADS_PER_WORKER = 1
 
 
 def main(argv: list[str]) -> int:
-    from distributed import LocalCluster
+    from prefect_tune.testing import local_cluster
 
     api_url = argv[0]
-    with LocalCluster(
-        n_workers=N_WORKERS,
-        threads_per_worker=THREADS_PER_WORKER,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=None,
-        silence_logs=logging.WARNING,
-        env={"PREFECT_API_URL": api_url},
+    with local_cluster(
+        n_workers=N_WORKERS, threads_per_worker=THREADS_PER_WORKER, api_url=api_url
     ) as cluster:
         print(json.dumps({"address": cluster.scheduler_address}), flush=True)
         sys.stdin.read()  # until the parent closes our stdin (or exits)

@@ -9,7 +9,8 @@
   once the Prefect server has caught up with the events of the runs before it, with the CPU time
   the server spends on it measured (`FitTiming.server_cpu_s`).
 
-Start-up times go to ``Recorder.setup``, never into a workload's numbers.
+The API, the cluster and the S3 server are those of :mod:`prefect_tune.testing`, as in the
+tests. Start-up times go to ``Recorder.setup``, never into a workload's numbers.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import contextlib
 import cProfile
 import gc
 import json
-import logging
 import os
 import pstats
 import subprocess
@@ -29,33 +29,13 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench._cluster_host import N_WORKERS, THREADS_PER_WORKER
 from bench._common import Recorder
 
-
-@dataclass
-class S3Server:
-    """A moto S3 server running in this process, reachable by the Dask workers."""
-
-    endpoint_url: str
-    client: Any = field(repr=False)
-
-    @property
-    def options(self) -> dict[str, Any]:
-        """fsspec/s3fs storage options that reach the server."""
-        return {
-            "key": "testing",
-            "secret": "testing",
-            "endpoint_url": self.endpoint_url,
-            "client_kwargs": {"region_name": "us-east-1"},
-        }
-
-    def new_bucket(self) -> str:
-        name = f"bench-{uuid.uuid4().hex[:16]}"
-        self.client.create_bucket(Bucket=name)
-        return name
+if TYPE_CHECKING:
+    from prefect_tune.testing import ObjectStoreServer
 
 
 @dataclass
@@ -98,7 +78,7 @@ class BenchContext:
         self._api_url: str | None = None
         self._cluster: Any = None
         self._client: Any = None
-        self._s3: S3Server | None = None
+        self._s3: ObjectStoreServer | None = None
         self._warm = False
         self._server: Any = None
 
@@ -106,12 +86,10 @@ class BenchContext:
 
     def prefect_api(self) -> str:
         if self._api_url is None:
-            from prefect.settings import PREFECT_API_URL
-            from prefect.testing.utilities import prefect_test_harness
+            from prefect_tune.testing import prefect_api
 
             start = time.perf_counter()
-            self._stack.enter_context(prefect_test_harness(server_startup_timeout=120))
-            self._api_url = str(PREFECT_API_URL.value())
+            self._api_url = self._stack.enter_context(prefect_api(startup_timeout=120))
             self.rec.add_setup(
                 "Prefect API start (prefect_test_harness)", time.perf_counter() - start
             )
@@ -175,17 +153,11 @@ class BenchContext:
             api_url = self.prefect_api()
             start = time.perf_counter()
             if self.in_process_cluster:
-                from distributed import LocalCluster
+                from prefect_tune.testing import local_cluster
 
                 self._cluster = self._stack.enter_context(
-                    LocalCluster(
-                        n_workers=N_WORKERS,
-                        threads_per_worker=THREADS_PER_WORKER,
-                        processes=True,
-                        host="127.0.0.1",
-                        dashboard_address=None,
-                        silence_logs=logging.WARNING,
-                        env={"PREFECT_API_URL": api_url},
+                    local_cluster(
+                        n_workers=N_WORKERS, threads_per_worker=THREADS_PER_WORKER, api_url=api_url
                     )
                 )
                 where = "in the driver process"
@@ -213,42 +185,14 @@ class BenchContext:
             self._client = self._stack.enter_context(Client(self.cluster().scheduler_address))
         return self._client
 
-    def s3(self) -> S3Server:
+    def s3(self) -> ObjectStoreServer:
         """A moto S3 server in a process of its own, as S3 is a service apart from the driver
         (in the driver's process it would compete with the driver for the GIL)."""
         if self._s3 is None:
-            import socket
-
-            import boto3
+            from prefect_tune.testing import moto_server
 
             start = time.perf_counter()
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", 0))
-                port = int(sock.getsockname()[1])
-            process = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            self._stack.callback(_stop, process)
-            endpoint = f"http://127.0.0.1:{port}"
-            client = boto3.client(
-                "s3",
-                endpoint_url=endpoint,
-                region_name="us-east-1",
-                aws_access_key_id="testing",
-                aws_secret_access_key="testing",
-            )
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    client.list_buckets()
-                    break
-                except Exception:
-                    if process.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"moto server did not start on port {port}") from None
-                    time.sleep(0.2)
-            self._s3 = S3Server(endpoint, client)
+            self._s3 = self._stack.enter_context(moto_server(own_process=True))
             self.rec.add_setup("moto S3 server start (own process)", time.perf_counter() - start)
         return self._s3
 
@@ -347,18 +291,10 @@ def _cpu_s(process: Any) -> float:
     return 0.0
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-
-
 @contextlib.contextmanager
 def _hosted_cluster(api_url: str) -> Iterator[Any]:
     """The LocalCluster of ``bench._cluster_host``, in a child process (see that module)."""
-    from bench._env import REPO_ROOT
+    from tests._env import REPO_ROOT
 
     process = subprocess.Popen(
         [sys.executable, "-m", "bench._cluster_host", api_url],

@@ -6,8 +6,9 @@
 runs :func:`bench.workloads.w5_kill_restore.make_tuner`'s experiment on the bench's Dask cluster
 (``DaskTaskRunner(address=...)``, as ``BenchContext.task_runner`` does) and reports to the
 Prefect API in ``PREFECT_API_URL``, which the bench sets in this process's environment (with
-``PREFECT_HOME`` and ``PYTHONPATH`` inherited from ``bench._env.configure``). Prints
-``W5-DRIVER fitting`` when ``fit()`` starts and ``W5-DRIVER done <json>`` if it ever returns.
+``PREFECT_HOME`` and ``PYTHONPATH`` inherited from ``tests._env.settle_environment``).
+Prints ``W5-DRIVER fitting`` when ``fit()`` starts and ``W5-DRIVER done <json>`` if it ever
+returns.
 """
 
 from __future__ import annotations

@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from typing import Any
 
@@ -33,7 +32,7 @@ if __package__ in (None, ""):
 from ray import tune  # noqa: E402
 
 from bench._common import RAY, Recorder  # noqa: E402
-from bench._payload import write_checkpoint_dir  # noqa: E402
+from bench._payload import report_checkpoints  # noqa: E402
 from bench.sizes import MIB  # noqa: E402
 
 CONCURRENCY = 2  # ray.init(num_cpus=2), one CPU per trial: the same as 2 Dask worker threads
@@ -53,22 +52,7 @@ def w2_trainable(config: dict[str, Any]) -> None:
 
 
 def w3_trainable(config: dict[str, Any]) -> None:
-    size = int(config["size"])
-    commit_s = 0.0
-    checkpoints = int(config["checkpoints"])
-    for step in range(checkpoints):
-        local = tempfile.mkdtemp(prefix="bench-ray-ckpt-")
-        try:
-            write_checkpoint_dir(local, size)
-            start = time.perf_counter()
-            tune.report(
-                {"score": float(step), "commit_s": commit_s},
-                checkpoint=tune.Checkpoint.from_directory(local),
-            )
-            commit_s += time.perf_counter() - start
-        finally:
-            shutil.rmtree(local, ignore_errors=True)
-    tune.report({"score": float(checkpoints), "commit_s": commit_s})
+    report_checkpoints(tune, config, prefix="bench-ray-ckpt-")
 
 
 def _fit(

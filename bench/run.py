@@ -24,11 +24,11 @@ from typing import Any
 if __package__ in (None, ""):  # `python bench/run.py`: make `bench` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench import _env  # noqa: E402
 from bench._common import Recorder, format_table, machine  # noqa: E402
 from bench.sizes import sizes  # noqa: E402
 from bench.workloads import MODULES, TITLES  # noqa: E402
 from bench.workloads import RAY as RAY_WORKLOADS  # noqa: E402
+from tests._env import REPO_ROOT, settle_environment  # noqa: E402
 
 DEFAULT_RAY_PYTHON = "/tmp/venv-ray/bin/python"
 
@@ -143,10 +143,10 @@ def run_ray(args: argparse.Namespace, table: dict[str, Any], workdir: str, rec: 
     print(f"== Ray Tune ({python}); its logs go to {log}", flush=True)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
-        [_env.REPO_ROOT, *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]]
+        [REPO_ROOT, *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]]
     )
     with open(log, "w") as handle:
-        done = subprocess.run(command, cwd=_env.REPO_ROOT, env=env, stdout=None, stderr=handle)
+        done = subprocess.run(command, cwd=REPO_ROOT, env=env, stdout=None, stderr=handle)
     if done.returncode != 0 or not os.path.exists(out):
         with open(log) as handle:
             tail = handle.read()[-3000:]
@@ -162,7 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     workdir = args.workdir or tempfile.mkdtemp(prefix="prefect-tune-bench-")
     os.makedirs(workdir, exist_ok=True)
-    _env.configure(workdir, args.prefect_log_level)
+    settle_environment(
+        os.path.join(workdir, "prefect-home"),
+        prefect_logging_level=args.prefect_log_level,
+        quiet_dask=True,
+    )
 
     from bench._context import BenchContext
     from bench.workloads import load

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import time
@@ -11,8 +10,7 @@ import uuid
 import pytest
 from prefect import flow
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, TaskRunFilter
-from prefect_dask import DaskTaskRunner
+from prefect.client.schemas.filters import FlowRunFilter, TaskRunFilter
 
 import prefect_tune as tune
 from prefect_tune import CheckpointConfig, ResultGrid, RunConfig, TuneConfig, Tuner
@@ -24,14 +22,10 @@ from prefect_tune.exceptions import (
     UnknownStorageSchemeError,
 )
 from prefect_tune.storage import Storage, StorageSpec, layout
+from prefect_tune.testing import flow_runs_named
 from tests import trainables
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def runner(dask_cluster):
-    return DaskTaskRunner(address=dask_cluster.scheduler_address)
 
 
 def quadratic_tuner(name, storage_path, runner, storage_options=None, **tune_kwargs):
@@ -104,13 +98,7 @@ def test_local_experiment_end_to_end(prefect_api, runner, tmp_path):
     check_quadratic_results(results, Storage.open(StorageSpec(str(tmp_path / "local-exp"))))
     assert results.experiment_path == str(tmp_path / "local-exp")
 
-    async def runs():
-        async with get_client() as client:
-            return await client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=["local-exp"]))
-            )
-
-    flow_runs = asyncio.run(runs())
+    flow_runs = flow_runs_named("local-exp")
     assert len(flow_runs) == 1 and flow_runs[0].state.is_completed()
     task_runs = experiment_task_runs("local-exp", expected=4)
     assert len(task_runs) == 4
@@ -124,19 +112,17 @@ def experiment_task_runs(name: str, expected: int) -> list:
     """The task runs of the experiment's flow runs, once the API has recorded ``expected`` of
     them in a final state: it records task runs from their events, a moment after they ran."""
 
-    async def runs():
-        async with get_client() as client:
-            flow_runs = await client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name]))
-            )
-            return await client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id={"any_": [r.id for r in flow_runs]}),
+    def runs():
+        flow_run_ids = [r.id for r in flow_runs_named(name)]
+        with get_client(sync_client=True) as client:
+            return client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id={"any_": flow_run_ids}),
                 task_run_filter=TaskRunFilter(),
             )
 
     deadline = time.monotonic() + 30.0
     while True:
-        task_runs = asyncio.run(runs())
+        task_runs = runs()
         recorded = [t for t in task_runs if t.state is not None and t.state.is_final()]
         if len(recorded) >= expected or time.monotonic() > deadline:
             return task_runs
@@ -175,14 +161,8 @@ def test_fit_inside_a_user_flow_is_a_subflow(prefect_api, runner, tmp_path):
 
     assert nightly_tuning() == 4
 
-    async def parent_of_experiment():
-        async with get_client() as client:
-            (run,) = await client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=["sub-exp"]))
-            )
-            return run.parent_task_run_id
-
-    assert asyncio.run(parent_of_experiment()) is not None
+    (run,) = flow_runs_named("sub-exp")
+    assert run.parent_task_run_id is not None
 
 
 def test_context_inside_a_trial(prefect_api, runner, tmp_path):
@@ -372,11 +352,11 @@ def test_a_trainable_calling_sys_exit_on_dask_is_a_failed_trial(prefect_api, run
 def test_the_default_local_cluster_serves_its_dashboard_on_this_machine_only(prefect_api):
     from distributed import LocalCluster
     from distributed.comm.utils import get_tcp_server_addresses
+    from prefect_dask import DaskTaskRunner
 
     tuner = Tuner(trainables.quadratic, run_config=RunConfig(name="dash"))
     kwargs = tuner._default_task_runner().cluster_kwargs
     assert kwargs["dashboard_address"] == "127.0.0.1:8787"
-    assert kwargs["env"]["PREFECT_API_URL"] == prefect_api
     with LocalCluster(**kwargs, n_workers=0, processes=False) as cluster:
         bound = get_tcp_server_addresses(cluster.scheduler.http_server)
         assert bound and {address[0] for address in bound} == {"127.0.0.1"}

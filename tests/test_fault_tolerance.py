@@ -16,9 +16,7 @@ import uuid
 import pytest
 from prefect import flow
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 from prefect.states import Running
-from prefect_dask import DaskTaskRunner
 
 import prefect_tune as tune
 from prefect_tune import FailureConfig, ResultGrid, RunConfig, TuneConfig, Tuner
@@ -31,14 +29,10 @@ from prefect_tune.exceptions import (
 from prefect_tune.prefect import experiment_tag
 from prefect_tune.state import Lease, TrialStatus
 from prefect_tune.storage import Storage, StorageSpec, layout
+from prefect_tune.testing import flow_runs_named
 from tests import trainables
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def runner(dask_cluster):
-    return DaskTaskRunner(address=dask_cluster.scheduler_address)
 
 
 @pytest.fixture
@@ -79,16 +73,6 @@ def flaky_tuner(dirs, runner, name, keys, *, failure_config=None, **run_kwargs) 
         ),
         task_runner=runner,
     )
-
-
-def flow_runs_named(name):
-    async def read():
-        async with get_client() as client:
-            return await client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name]))
-            )
-
-    return asyncio.run(read())
 
 
 def test_errored_trials_and_the_restore_flags(prefect_api, runner, dirs):

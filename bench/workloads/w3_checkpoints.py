@@ -20,8 +20,6 @@ of prefect-tune to it is what the commit itself costs.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -29,7 +27,7 @@ from typing import Any
 import prefect_tune as tune
 from bench import floor
 from bench._common import PREFECT_TUNE, Recorder
-from bench._payload import write_checkpoint_dir
+from bench._payload import report_checkpoints
 from bench.sizes import MIB
 
 NAME = "W3"
@@ -38,22 +36,7 @@ TITLE = "checkpoints on local disk"
 
 
 def trainable(config: dict[str, Any]) -> None:
-    size = int(config["size"])
-    commit_s = 0.0
-    checkpoints = int(config["checkpoints"])
-    for step in range(checkpoints):
-        local = tempfile.mkdtemp(prefix="bench-ckpt-")
-        try:
-            write_checkpoint_dir(local, size)
-            start = time.perf_counter()
-            tune.report(
-                {"score": float(step), "commit_s": commit_s},
-                checkpoint=tune.Checkpoint.from_directory(local),
-            )
-            commit_s += time.perf_counter() - start
-        finally:
-            shutil.rmtree(local, ignore_errors=True)
-    tune.report({"score": float(checkpoints), "commit_s": commit_s})
+    report_checkpoints(tune, config, prefix="bench-ckpt-")
 
 
 def raw_put_trainable(config: dict[str, Any], options: dict[str, Any]) -> None:

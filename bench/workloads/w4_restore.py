@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from bench._common import Recorder
@@ -176,8 +177,34 @@ def _state_json(path: str) -> Any:
         return json.loads(handle.read())
 
 
-def run(ctx: Any, size: dict[str, Any], rec: Recorder) -> None:
+def _timed(rec: Recorder, metric: str, load: Callable[[str], Any], path: str, **system: str) -> Any:
+    """``load(path)``, its wall time recorded as ``metric``."""
+    start = time.perf_counter()
+    out = load(path)
+    rec.add(NAME, metric, time.perf_counter() - start, unit="s", better="lower", **system)
+    return out
+
+
+def _record_memory(
+    rec: Recorder, label: str, n: int, load: Callable[[str], Any], path: str
+) -> None:
+    """Peak and retained memory per trial of ``load(path)``, what it returns being held."""
     from bench._context import traced_memory
+
+    with traced_memory() as mem:
+        kept = load(path)
+    for kind in ("peak", "retained"):
+        rec.add(
+            NAME,
+            f"{label} {kind} memory / trial (N={n})",
+            mem[kind] / n / 1024,
+            unit="KiB",
+            better="lower",
+        )
+    del kept
+
+
+def run(ctx: Any, size: dict[str, Any], rec: Recorder) -> None:
     from prefect_tune.storage import layout
 
     for n in size["trials"]:
@@ -196,74 +223,18 @@ def run(ctx: Any, size: dict[str, Any], rec: Recorder) -> None:
             better=None,
         )
         for _ in range(ctx.repeat):
-            start = time.perf_counter()
-            _, trials = _load_trials(path)
-            rec.add(
-                NAME,
-                f"restore: load_summaries (N={n})",
-                time.perf_counter() - start,
-                unit="s",
-                better="lower",
-            )
+            _, trials = _timed(rec, f"restore: load_summaries (N={n})", _load_trials, path)
             assert len(trials) == n
-            start = time.perf_counter()
-            grid, best = _result_grid(path)
-            rec.add(
-                NAME,
-                f"ResultGrid.from_path + get_best_result (N={n})",
-                time.perf_counter() - start,
-                unit="s",
-                better="lower",
-            )
+            metric = f"ResultGrid.from_path + get_best_result (N={n})"
+            grid, best = _timed(rec, metric, _result_grid, path)
             assert len(grid) == n and best.metrics["loss"] is not None
             if ctx.floor:
-                start = time.perf_counter()
-                raw = _state_json(path)
-                elapsed = time.perf_counter() - start
+                metric, floor = f"restore: load_summaries (N={n})", "floor: json.loads snapshot"
+                raw = _timed(rec, metric, _state_json, path, system=floor)
                 assert len(raw["trials"]) == n
-                rec.add(
-                    NAME,
-                    f"restore: load_summaries (N={n})",
-                    elapsed,
-                    unit="s",
-                    better="lower",
-                    system="floor: json.loads snapshot",
-                )
             del trials, grid, best
-        with traced_memory() as mem:
-            kept = _load_trials(path)
-        rec.add(
-            NAME,
-            f"load_summaries peak memory / trial (N={n})",
-            mem["peak"] / n / 1024,
-            unit="KiB",
-            better="lower",
-        )
-        rec.add(
-            NAME,
-            f"load_summaries retained memory / trial (N={n})",
-            mem["retained"] / n / 1024,
-            unit="KiB",
-            better="lower",
-        )
-        del kept
-        with traced_memory() as mem:
-            kept = _result_grid(path)
-        rec.add(
-            NAME,
-            f"ResultGrid peak memory / trial (N={n})",
-            mem["peak"] / n / 1024,
-            unit="KiB",
-            better="lower",
-        )
-        rec.add(
-            NAME,
-            f"ResultGrid retained memory / trial (N={n})",
-            mem["retained"] / n / 1024,
-            unit="KiB",
-            better="lower",
-        )
-        del kept
+        _record_memory(rec, "load_summaries", n, _load_trials, path)
+        _record_memory(rec, "ResultGrid", n, _result_grid, path)
         print(f"  W4 N={n}: done", flush=True)
     rec.note(
         NAME,

@@ -6,7 +6,8 @@ final metrics. Then, each repetition:
 
 1. ``python -m bench._w5_driver`` runs the same experiment in a child process (its own session)
    on the bench's Dask cluster and Prefect API; it is SIGKILLed once half of all iterations'
-   checkpoints are committed (counted from the trainable's side log, ``bench._w5_w7_trainable``).
+   checkpoints are committed (counted from the trainable's side log,
+   ``prefect_tune.testing.side_log``).
    Only the driver dies: the trials it left running go on on the workers until they see the new
    driver's lease (the "driver machine died, the cluster lives" case).
 2. This process reads the killed experiment (``ResultGrid.from_path``), then
@@ -34,14 +35,14 @@ from typing import Any
 
 import prefect_tune as tune
 from bench._common import Recorder
-from bench._w5_w7_trainable import (
+from prefect_tune.testing.side_log import (
     Invocation,
     chained,
     committed_count,
     committed_then_rerun,
     history_is_whole,
     matches,
-    read_side_log,
+    read_invocations,
     reexecuted,
 )
 
@@ -70,7 +71,7 @@ def make_tuner(
             "sleep_s": sleep_s,
             "side_log": side_log,
         },
-        tune_config=tune.TuneConfig(metric="value", mode="max", seed=0),
+        tune_config=tune.TuneConfig(metric="loss", mode="min", seed=0),
         run_config=tune.RunConfig(
             name=name,
             storage_path=storage,
@@ -138,7 +139,7 @@ def _drive_and_kill(
         "--sleep-s",
         str(size["sleep_s"]),
     ]
-    from bench._env import REPO_ROOT
+    from tests._env import REPO_ROOT
 
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         proc = subprocess.Popen(
@@ -202,7 +203,7 @@ def _one_run(
     results, fit_s = _timed_fit(tuner)
     kill_to_done = time.perf_counter() - kill_clock
 
-    by_trial = read_side_log(side_log)
+    by_trial = read_invocations(side_log)
     everything = [inv for invs in by_trial.values() for inv in invs]
     committed_before = sum(
         1 for inv in everything for at in inv.commits.values() if at <= killed_at

@@ -1,8 +1,8 @@
 """W7: errored trials with ``max_failures`` / ``resume_errored`` / ``restart_errored``:
 correctness (which trials run again, from where, how many failures are counted) and wall times.
 
-The trainable (``bench._w5_w7_trainable.chained``) checkpoints every iteration; trial ``x``
-raises at iteration ``fail_at`` while its flag file exists. Each repetition runs:
+The trainable (``prefect_tune.testing.side_log.chained``) checkpoints every iteration; trial
+``x`` raises at iteration ``fail_at`` while its flag file exists. Each repetition runs:
 
 - reference: no failing trial, ``FailureConfig(max_failures=2)``: every trial's final metrics,
   and the wall time the next one is compared with;
@@ -28,13 +28,13 @@ from typing import Any
 
 import prefect_tune as tune
 from bench._common import Recorder
-from bench._w5_w7_trainable import (
+from prefect_tune.testing.side_log import (
     Invocation,
     chained,
     clear_flags,
     history_is_whole,
     matches,
-    read_side_log,
+    read_invocations,
     reexecuted,
     set_flag,
 )
@@ -59,7 +59,7 @@ def make_tuner(
             "flags": flags,
             "fail_at": int(size["fail_at"]),
         },
-        tune_config=tune.TuneConfig(metric="value", mode="max", seed=0),
+        tune_config=tune.TuneConfig(metric="loss", mode="min", seed=0),
         run_config=tune.RunConfig(
             name=EXPERIMENT,
             storage_path=storage,
@@ -119,7 +119,7 @@ def _reference_and_retry(
     set_flag(flags, failing, once=True)
     tuner = make_tuner(ctx, size, storage=storage, side_log=side_log, flags=flags, max_failures=2)
     results, wall = _timed_fit(tuner)
-    invocations = [inv for invs in read_side_log(side_log).values() for inv in invs]
+    invocations = [inv for invs in read_invocations(side_log).values() for inv in invs]
     raised = sum(len(inv.raised) for inv in invocations)
     counted = sum(counted_failures(r) for r in results)
     failed_result = next(r for r in results if int(r.config["x"]) == failing)
@@ -191,7 +191,7 @@ def _errored_then_restored(
     results, _ = _timed_fit(restored)
     wall = time.perf_counter() - start
 
-    by_trial = read_side_log(side_log)
+    by_trial = read_invocations(side_log)
     everything = [inv for invs in by_trial.values() for inv in invs]
     after = {x: [inv for inv in invs if inv.began_at > restored_at] for x, invs in by_trial.items()}
 

@@ -10,8 +10,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from tests.crash.harness import CrashExperiment, flow_runs_named, result_grid
-from tests.crash.trainables import expected_metrics, read_side_log
+from prefect_tune.testing import flow_runs_named
+from prefect_tune.testing.side_log import expected_metrics, read_side_log
+from tests.crash.harness import CrashExperiment, result_grid
 
 USER_METRICS = ("loss", "score", "step")
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
+from tests._env import REPO_ROOT
 from tests.crash.checks import Reference, check_experiment, load_reference
 from tests.crash.harness import (
-    REPO_ROOT,
     TIMINGS,
     Backend,
     CrashExperiment,

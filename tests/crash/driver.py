@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     from prefect_dask import DaskTaskRunner
 
     from prefect_tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig, Tuner
+    from prefect_tune.testing import local_cluster_kwargs
     from tests.crash.trainables import crash_trainable
 
     _phase(started, "imported")
@@ -128,15 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             failure_config=FailureConfig(max_failures=args.max_failures),
         ),
-        task_runner=DaskTaskRunner(
-            cluster_kwargs={
-                "n_workers": 2,
-                "threads_per_worker": 1,
-                "processes": True,
-                "host": "127.0.0.1",
-                "dashboard_address": None,
-            }
-        ),
+        task_runner=DaskTaskRunner(cluster_kwargs=local_cluster_kwargs(2, 1)),
     )
     results = tuner.fit()
     _phase(started, "fit returned")

@@ -27,10 +27,11 @@ from typing import Any
 
 from prefect_tune import ResultGrid
 from prefect_tune.storage import Storage
+from prefect_tune.testing import ObjectStoreServer, flow_runs_named, s3_client
+from prefect_tune.testing.side_log import read_side_log
+from tests._env import REPO_ROOT
 from tests.crash.driver import SUMMARY_PREFIX
-from tests.crash.trainables import read_side_log
 
-REPO_ROOT = str(Path(__file__).resolve().parents[2])
 #: (what, seconds, details) of each crash test, printed at the end of the session.
 TIMINGS: list[tuple[str, float, str]] = []
 TRIALS = "trials/"
@@ -333,17 +334,6 @@ def _attempts(trial: dict[str, Any] | None) -> int:
     return len(trial["attempts"]) if trial else 0
 
 
-def flow_runs_named(name: str) -> list[Any]:
-    """The flow runs of an experiment (the flow and its runs are named after it)."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
-
-    with get_client(sync_client=True) as client:
-        return client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name]))
-        )
-
-
 class FlowRunStarted(KillPoint):
     """The driver's flow run is RUNNING in the Prefect API and has written its record under
     ``drivers/``, but does not hold the experiment's lease yet."""
@@ -525,18 +515,10 @@ def local_backend(root: Path) -> Backend:
     return Backend("local", str(root), {}, lambda name: LocalView(str(root / name)))
 
 
-def s3_backend(server: Any) -> Backend:
-    """A new bucket on the session's moto server (``tests.conftest.ObjectStoreServer``)."""
-    import boto3
-
+def s3_backend(server: ObjectStoreServer) -> Backend:
+    """A new bucket on the session's moto server."""
     bucket = server.new_bucket()
-    client = boto3.client(
-        "s3",
-        endpoint_url=server.endpoint_url,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    client = s3_client(server.endpoint_url)
     return Backend(
         "s3",
         f"s3://{bucket}/crash",

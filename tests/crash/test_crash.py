@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from prefect_tune.testing.side_log import read_side_log
 from tests.crash.checks import Reference, check_experiment
 from tests.crash.harness import (
     TIMINGS,
@@ -37,7 +38,6 @@ from tests.crash.harness import (
     s3_backend,
     unique_name,
 )
-from tests.crash.trainables import read_side_log
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 

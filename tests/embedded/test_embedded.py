@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from prefect_tune import ResultGrid, TrialStatus
-from tests.conftest import REPO_ROOT
+from tests._env import REPO_ROOT
 
 
 def _driver_env(home: Path) -> dict[str, str]:

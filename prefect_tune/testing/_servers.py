@@ -1,0 +1,252 @@
+"""The services a test or a benchmark starts on 127.0.0.1: S3, GCS, a Prefect API, a Dask cluster.
+
+Each is a context manager that stops what it started, also when the block raises. Their
+packages (moto, boto3, gcp-storage-emulator, gcsfs, distributed) are imported inside the function
+that needs them, so importing this module needs none of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+# -- object stores ------------------------------------------------------------------------------
+
+
+@dataclass
+class ObjectStoreServer:
+    """An object-store server on 127.0.0.1, reachable from any process on the host.
+
+    Attributes:
+        endpoint_url: ``http://127.0.0.1:<port>``.
+        make_bucket: Creates a bucket of the given name on the server.
+        base_options: The fsspec storage options that reach the server.
+    """
+
+    endpoint_url: str
+    make_bucket: Callable[[str], Any] = field(repr=False)
+    base_options: dict[str, Any] = field(repr=False)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """Storage options for the fsspec driver (a fresh copy: callers may change it)."""
+        return {
+            key: dict(value) if isinstance(value, dict) else value
+            for key, value in self.base_options.items()
+        }
+
+    def new_bucket(self) -> str:
+        """Creates a bucket with a unique name and returns the name."""
+        name = f"tune-{uuid.uuid4().hex[:20]}"
+        self.make_bucket(name)
+        return name
+
+
+def _free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (at the time of asking)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def s3_client(endpoint_url: str) -> Any:
+    """A boto3 S3 client of the server at ``endpoint_url``, with moto's dummy credentials."""
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint_url,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+@contextlib.contextmanager
+def moto_server(
+    *, own_process: bool = False, startup_timeout: float = 60.0
+) -> Iterator[ObjectStoreServer]:
+    """A moto S3 server on 127.0.0.1, in memory, for s3fs through ``endpoint_url``.
+
+    moto accepts any credentials until its IAM checks are switched on through its
+    ``/moto-api/reset-auth`` endpoint.
+
+    Args:
+        own_process: Run it as ``python -m moto.server`` in a child process rather than in a
+            thread of this one. A benchmark wants that: S3 is a service apart from the driver,
+            and in the driver's process the server would compete with it for the GIL.
+        startup_timeout: Seconds the child process may take to answer (``own_process``).
+
+    Yields:
+        The running server.
+
+    Raises:
+        RuntimeError: The child process exited or did not answer within ``startup_timeout``.
+    """
+    with contextlib.ExitStack() as stack:
+        if own_process:
+            endpoint_url = stack.enter_context(_moto_process(startup_timeout))
+        else:
+            endpoint_url = stack.enter_context(_moto_thread())
+        client = s3_client(endpoint_url)
+        yield ObjectStoreServer(
+            endpoint_url=endpoint_url,
+            make_bucket=lambda name: client.create_bucket(Bucket=name),
+            base_options={
+                "key": "testing",
+                "secret": "testing",
+                "endpoint_url": endpoint_url,
+                "client_kwargs": {"region_name": "us-east-1"},
+            },
+        )
+
+
+@contextlib.contextmanager
+def _moto_thread() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def _moto_process(startup_timeout: float) -> Iterator[str]:
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        endpoint_url = f"http://127.0.0.1:{port}"
+        client = s3_client(endpoint_url)
+        deadline = time.monotonic() + startup_timeout
+        while True:
+            try:
+                client.list_buckets()
+                break
+            except Exception:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"moto server did not start on port {port}") from None
+                time.sleep(0.2)
+        yield endpoint_url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextlib.contextmanager
+def gcs_emulator() -> Iterator[ObjectStoreServer]:
+    """A gcp-storage-emulator server on 127.0.0.1, in memory, for gcsfs through ``endpoint_url``.
+
+    Yields:
+        The running server.
+    """
+    import gcsfs
+    from gcp_storage_emulator.server import create_server
+
+    port = _free_port()
+    server = create_server("127.0.0.1", port, in_memory=True)
+    server.start()
+    try:
+        endpoint_url = f"http://127.0.0.1:{port}"
+        options: dict[str, Any] = {"token": "anon", "endpoint_url": endpoint_url}
+        admin = gcsfs.GCSFileSystem(**options, skip_instance_cache=True)
+        yield ObjectStoreServer(
+            endpoint_url=endpoint_url, make_bucket=admin.mkdir, base_options=options
+        )
+    finally:
+        server.stop()
+
+
+# -- Prefect ------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def prefect_api(startup_timeout: int = 120) -> Iterator[str]:
+    """A temporary Prefect API server with its own database (``prefect_test_harness``).
+
+    Args:
+        startup_timeout: Seconds the server may take to start.
+
+    Yields:
+        The API URL, also set as ``PREFECT_API_URL`` in this process's Prefect settings (pass it
+        in the environment of any child process that should talk to the same API).
+    """
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=startup_timeout):
+        yield str(PREFECT_API_URL.value())
+
+
+def flow_runs_named(name: str) -> list[Any]:
+    """The flow runs of an experiment, read from the current Prefect API.
+
+    An experiment's flow runs are named after it.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    with get_client(sync_client=True) as client:
+        return list(
+            client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name]))
+            )
+        )
+
+
+# -- Dask ---------------------------------------------------------------------------------------
+
+
+def local_cluster_kwargs(n_workers: int, threads_per_worker: int) -> dict[str, Any]:
+    """``LocalCluster`` arguments of ``n_workers`` worker processes on 127.0.0.1, no dashboard
+    (also what ``DaskTaskRunner(cluster_kwargs=...)`` takes)."""
+    return {
+        "n_workers": n_workers,
+        "threads_per_worker": threads_per_worker,
+        "processes": True,
+        "host": "127.0.0.1",
+        "dashboard_address": None,
+    }
+
+
+@contextlib.contextmanager
+def local_cluster(*, n_workers: int, threads_per_worker: int, api_url: str) -> Iterator[Any]:
+    """A ``distributed.LocalCluster`` of worker processes whose task runs report to ``api_url``.
+
+    Pass ``DaskTaskRunner(address=cluster.scheduler_address)`` to run flows on it, as a real
+    deployment's flows would reach a real cluster.
+
+    Args:
+        n_workers: Worker processes.
+        threads_per_worker: Threads of each worker: trials that run at once on it.
+        api_url: The Prefect API of the workers (``PREFECT_API_URL``).
+
+    Yields:
+        The running cluster.
+    """
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        **local_cluster_kwargs(n_workers, threads_per_worker), env={"PREFECT_API_URL": api_url}
+    ) as cluster:
+        yield cluster
