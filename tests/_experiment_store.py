@@ -9,31 +9,39 @@ import json
 from typing import Any
 
 from prefect_tune.checkpoint import Checkpoint
-from prefect_tune.config import CheckpointConfig
+from prefect_tune.config import CheckpointConfig, FailureConfig
 from prefect_tune.engine import (
+    BasicVariantGenerator,
     CommitFence,
+    ResumePolicy,
+    ThreadTrialExecutor,
     TrialContext,
     TrialOutcome,
     TrialRequest,
     TrialSession,
+    TuneController,
+    describe_param_space,
     run_trial,
 )
 from prefect_tune.state import ExperimentDefinition, ExperimentStore, Lease, TrialState
 from prefect_tune.storage import StorageSpec, layout
 
 
-def a_definition() -> ExperimentDefinition:
-    return ExperimentDefinition(
-        name="exp",
-        experiment_id="abcde",
-        trainable="tests.trainables.quadratic",
-        param_space={"x": {"type": "uniform", "lower": 0, "upper": 1}},
-        num_samples=2,
-        seed=7,
-        total_trials=2,
-        metric="loss",
-        mode="min",
-    )
+def a_definition(**fields: Any) -> ExperimentDefinition:
+    """An experiment's definition ("exp", optimising "loss"); ``fields`` replace defaults."""
+    values: dict[str, Any] = {
+        "name": "exp",
+        "experiment_id": "abcde",
+        "trainable": "tests.trainables.quadratic",
+        "param_space": {"x": {"type": "uniform", "lower": 0, "upper": 1}},
+        "num_samples": 2,
+        "seed": 7,
+        "total_trials": 2,
+        "metric": "loss",
+        "mode": "min",
+    }
+    values.update(fields)
+    return ExperimentDefinition(**values)
 
 
 def a_trial(index: int = 0) -> TrialState:
@@ -100,3 +108,50 @@ def a_session(
         checkpoint_config=CheckpointConfig(),
         fence=fence,
     )
+
+
+def make_controller(
+    where: str | StorageSpec,
+    trainable: Any,
+    space: dict[str, Any],
+    *,
+    num_samples: int = 1,
+    metric: str | None = "loss",
+    checkpoint_config: CheckpointConfig | None = None,
+    failure_config: FailureConfig | None = None,
+    stop: Any = None,
+    policy: ResumePolicy | None = None,
+) -> tuple[ExperimentStore, TuneController]:
+    """The controller of the experiment at ``where`` (a URL or a spec) over ``space``, its
+    definition written when none is stored, running trials in threads of this process."""
+    spec = StorageSpec(where) if isinstance(where, str) else where
+    store = ExperimentStore(spec.open())
+    generator = BasicVariantGenerator(space, num_samples, seed=0)
+    if store.exists():
+        definition = store.read_definition()
+    else:
+        definition = ExperimentDefinition(
+            name="exp",
+            experiment_id="abcde",
+            trainable=trainable.__name__,
+            param_space=describe_param_space(space),
+            num_samples=num_samples,
+            seed=0,
+            total_trials=generator.total_trials,
+            metric=metric,
+            mode="min" if metric else None,
+        )
+        store.write_definition(definition)
+    controller = TuneController(
+        store=store,
+        definition=definition,
+        generator=generator,
+        trainable=trainable,
+        executor=ThreadTrialExecutor(2),
+        checkpoint_config=checkpoint_config or CheckpointConfig(),
+        failure_config=failure_config or FailureConfig(),
+        stop=stop,
+        policy=policy,
+        trainable_name=trainable.__name__,
+    )
+    return store, controller

@@ -17,7 +17,7 @@ from prefect_tune.cli import main
 from prefect_tune.state import ExperimentStore, FlowRunRecord
 from prefect_tune.storage import StorageSpec
 from tests import trainables
-from tests.test_engine import make_controller
+from tests._experiment_store import make_controller
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ import pytest
 from prefect_tune import ResultGrid
 from prefect_tune.state import ExperimentDefinition, ExperimentStore, Lease
 from prefect_tune.storage import Storage, StorageSpec, layout
+from tests._experiment_store import a_definition
 from tests.race_driver import ERROR_PREFIX, SUMMARY_PREFIX
 
 REPO_ROOT = str(Path(__file__).resolve().parent.parent)
@@ -40,14 +41,14 @@ def test_clear_keeps_the_lease_and_the_driver_records(storage_spec: StorageSpec)
     sibling = storage_spec.child("exp-important").open()
     store = ExperimentStore(experiment)
     store.write_definition(
-        ExperimentDefinition(
-            name="exp",
-            experiment_id="abcde",
+        a_definition(
             trainable="m.f",
             param_space={},
             num_samples=1,
             seed=0,
             total_trials=1,
+            metric=None,
+            mode=None,
         )
     )
     lease = Lease(owner="me", host="h", pid=1).model_dump_json().encode()

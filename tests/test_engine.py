@@ -17,7 +17,6 @@ from prefect_tune.engine import (
     ResumePolicy,
     ThreadTrialExecutor,
     TuneController,
-    describe_param_space,
 )
 from prefect_tune.exceptions import ConfigError, SessionError
 from prefect_tune.state import (
@@ -30,50 +29,7 @@ from prefect_tune.state import (
 )
 from prefect_tune.storage import Storage, StorageSpec, layout
 from tests import trainables
-
-
-def make_controller(
-    url: str,
-    trainable,
-    space,
-    *,
-    num_samples=1,
-    metric="loss",
-    checkpoint_config=None,
-    failure_config=None,
-    stop=None,
-    policy=None,
-):
-    store = ExperimentStore(Storage.open(StorageSpec(url)))
-    generator = BasicVariantGenerator(space, num_samples, seed=0)
-    if store.exists():
-        definition = store.read_definition()
-    else:
-        definition = ExperimentDefinition(
-            name="exp",
-            experiment_id="abcde",
-            trainable=trainable.__name__,
-            param_space=describe_param_space(space),
-            num_samples=num_samples,
-            seed=0,
-            total_trials=generator.total_trials,
-            metric=metric,
-            mode="min" if metric else None,
-        )
-        store.write_definition(definition)
-    controller = TuneController(
-        store=store,
-        definition=definition,
-        generator=generator,
-        trainable=trainable,
-        executor=ThreadTrialExecutor(2),
-        checkpoint_config=checkpoint_config or CheckpointConfig(),
-        failure_config=failure_config or FailureConfig(),
-        stop=stop,
-        policy=policy,
-        trainable_name=trainable.__name__,
-    )
-    return store, controller
+from tests._experiment_store import make_controller
 
 
 def whole(store: ExperimentStore, rows: list[PackedSummary]) -> list[TrialState]:

@@ -47,7 +47,6 @@ from prefect_tune.engine import (
     ThreadTrialExecutor,
     TuneController,
     activated,
-    describe_param_space,
 )
 from prefect_tune.exceptions import (
     CheckpointError,
@@ -61,7 +60,6 @@ from prefect_tune.exceptions import (
 )
 from prefect_tune.state import (
     AttemptRecord,
-    ExperimentDefinition,
     ExperimentState,
     ExperimentStore,
     Lease,
@@ -71,7 +69,14 @@ from prefect_tune.state import (
 )
 from prefect_tune.storage import Storage, StorageSpec, layout
 from tests import trainables
-from tests._experiment_store import a_definition, a_session, a_trial, make_checkpoint_dir, run_in
+from tests._experiment_store import (
+    a_definition,
+    a_session,
+    a_trial,
+    make_checkpoint_dir,
+    make_controller,
+    run_in,
+)
 
 # -- builders ---------------------------------------------------------------------------------
 
@@ -503,37 +508,8 @@ SPACE = {"fail_at": tune.grid_search([2, None]), "steps": 2}
 def a_controller(
     spec: StorageSpec, policy: ResumePolicy | None = None, trainable: Any = trainables.raises_at
 ) -> tuple[ExperimentStore, TuneController]:
-    """The controller of the experiment at ``spec`` over `SPACE` (its definition written when
-    none is stored), running trials in threads of this process."""
-    store = ExperimentStore(spec.open())
-    generator = BasicVariantGenerator(SPACE, 1, seed=0)
-    if store.exists():
-        definition = store.read_definition()
-    else:
-        definition = ExperimentDefinition(
-            name="exp",
-            experiment_id="abcde",
-            trainable=trainable.__name__,
-            param_space=describe_param_space(SPACE),
-            num_samples=1,
-            seed=0,
-            total_trials=generator.total_trials,
-            metric="loss",
-            mode="min",
-        )
-        store.write_definition(definition)
-    controller = TuneController(
-        store=store,
-        definition=definition,
-        generator=generator,
-        trainable=trainable,
-        executor=ThreadTrialExecutor(2),
-        checkpoint_config=CheckpointConfig(),
-        failure_config=FailureConfig(),
-        policy=policy,
-        trainable_name=trainable.__name__,
-    )
-    return store, controller
+    """The controller of the experiment at ``spec`` over `SPACE`, in threads of this process."""
+    return make_controller(spec, trainable, SPACE, policy=policy)
 
 
 @pytest.fixture

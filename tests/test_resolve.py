@@ -17,7 +17,7 @@ import pytest
 from prefect_tune import RunConfig, Tuner, cli
 from prefect_tune.exceptions import ConfigError
 from prefect_tune.results import ResultGrid
-from prefect_tune.state import ExperimentDefinition, ExperimentStore
+from prefect_tune.state import ExperimentStore
 from prefect_tune.storage import (
     DEFAULT_STORAGE_PATH,
     StorageSpec,
@@ -26,6 +26,7 @@ from prefect_tune.storage import (
     resolve_spec,
 )
 from prefect_tune.tuner import storage_root
+from tests._experiment_store import a_definition
 
 S3_BLOCK = TuneStorage(
     storage_path="s3://bucket/tune/",
@@ -88,17 +89,7 @@ def test_block_with_options_is_refused(path):
 
 
 def _store_experiment(spec: StorageSpec) -> None:
-    definition = ExperimentDefinition(
-        name="exp",
-        experiment_id="abcde",
-        trainable="tests.trainables.quadratic",
-        param_space={},
-        num_samples=1,
-        seed=0,
-        total_trials=None,
-        metric="loss",
-        mode="min",
-    )
+    definition = a_definition(param_space={}, num_samples=1, seed=0, total_trials=None)
     ExperimentStore(spec.open()).write_definition(definition)
 
 

@@ -33,6 +33,7 @@ from prefect_tune.state import (
     TrialStatus,
 )
 from prefect_tune.storage import Storage, StorageSpec, TuneStorage, layout
+from tests._experiment_store import a_definition
 
 # Loss histories chosen so that each scope picks a different trial when minimising:
 # last -> C (0.4), avg -> B (0.5), all -> A (0.1).
@@ -60,16 +61,8 @@ def open_store(url: str) -> ExperimentStore:
 
 
 def definition(metric: str | None = "loss", mode: str | None = "min") -> ExperimentDefinition:
-    return ExperimentDefinition(
-        name="exp",
-        experiment_id="abcde",
-        trainable="tests.trainables.quadratic",
-        param_space={},
-        num_samples=1,
-        seed=0,
-        total_trials=None,
-        metric=metric,
-        mode=mode,
+    return a_definition(
+        param_space={}, num_samples=1, seed=0, total_trials=None, metric=metric, mode=mode
     )
 
 

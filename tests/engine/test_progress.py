@@ -9,7 +9,7 @@ import pytest
 from prefect_tune.engine import Progress, ProgressTracker
 from prefect_tune.state import TrialState, TrialStatus
 from tests import trainables
-from tests.test_engine import make_controller
+from tests._experiment_store import make_controller
 
 
 def a_finished(index: int, loss: float | None, status: TrialStatus = TrialStatus.TERMINATED):
