@@ -28,7 +28,7 @@ from prefect_dask import DaskTaskRunner
 import prefect_tune as tune
 from prefect_tune import RunConfig, TuneConfig, Tuner
 from prefect_tune.exceptions import StorageNotSharedError
-from prefect_tune.state import ExperimentStore, TrialStatus
+from prefect_tune.state import ExperimentStore, TrialStatus, read_lease
 from prefect_tune.storage import Storage, StorageSpec, layout
 from tests import trainables
 from tests._hosts import OtherHosts, namespaces_unavailable, other_hosts
@@ -119,10 +119,14 @@ def test_local_storage_fails_before_any_trial_naming_workers_and_fix(cluster, ba
     assert StorageNotSharedError.__name__ in (flow_runs[0].state.message or "")
     assert task_runs == []
 
-    # Nothing lost: the experiment the driver wrote still loads, and the probe marker is gone.
+    # Nothing written but the released lease: the definition is written only once the storage
+    # check passed (under the lease), so a run with shared storage starts the experiment
+    # afresh. The probe marker is gone.
     Storage._cache.clear()
-    definition = ExperimentStore(Storage.open(StorageSpec(str(experiment)))).read_definition()
-    assert definition.name == name and definition.total_trials == 2
+    stored = Storage.open(StorageSpec(str(experiment)))
+    assert not ExperimentStore(stored).exists()
+    lease = read_lease(stored)
+    assert lease is None or lease.released
     assert not (experiment / layout.PROBE_DIR).exists() or not any(
         (experiment / layout.PROBE_DIR).iterdir()
     )
