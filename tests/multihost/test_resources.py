@@ -69,6 +69,40 @@ def test_a_bad_request_is_a_config_error(resources):
         tune.with_resources(_train, resources)
 
 
+def test_slots_count_what_each_worker_runs_at_once():
+    from prefect_tune._resources import slots
+
+    workers = {
+        "tcp://a:1": {"nthreads": 4, "resources": {"GPU": 2}},
+        "tcp://b:1": {"nthreads": 1, "resources": {"GPU": 4}},
+        "tcp://c:1": {"nthreads": 8, "resources": {}},
+    }
+    assert slots(workers, {"GPU": 1}) == 2 + 1 + 0  # fewer of threads and of GPUs
+    assert slots(workers, {"GPU": 0.5}) == 4 + 1 + 0
+    assert slots(workers, {"GPU": 3}) == 0 + 1 + 0
+    assert slots(workers, {"GPU": 1, "TPU": 1}) == 0
+
+
+def test_the_check_names_the_resource_the_workers_and_the_fix():
+    from prefect_tune._resources import check_workers
+
+    workers = {
+        "tcp://10.0.0.2:1": {"nthreads": 1, "resources": {}},
+        "tcp://10.0.0.3:1": {"nthreads": 1, "resources": {"GPU": 1}},
+    }
+    check_workers(workers, {"GPU": 1}, "tcp://s:8786")  # one worker has it
+    check_workers({}, {"GPU": 1}, "tcp://s:8786")  # none connected yet: not checked
+    check_workers(workers, {}, "tcp://s:8786")
+    with pytest.raises(ResourcesUnavailableError) as info:
+        check_workers(workers, {"GPU": 1, "MEMORY": 1.5e9}, "tcp://s:8786")
+    message = str(info.value)
+    assert "GPU=1,MEMORY=1500000000" in message, message
+    assert "tcp://10.0.0.2:1 has no resources" in message, message
+    assert "tcp://10.0.0.3:1 has GPU=1" in message, message
+    assert 'dask worker tcp://s:8786 --resources "GPU=1,MEMORY=1500000000"' in message, message
+    assert isinstance(info.value, ConfigError)
+
+
 # -- on a cluster ---------------------------------------------------------------------------------
 
 
