@@ -6,7 +6,7 @@ Port a Ray Tune script by changing its imports::
     from prefect_tune import Tuner, TuneConfig, RunConfig, CheckpointConfig, Checkpoint
 """
 
-from prefect_tune._wrappers import with_parameters
+from prefect_tune._wrappers import with_parameters, with_resources
 from prefect_tune.checkpoint import Checkpoint
 from prefect_tune.config import CheckpointConfig, FailureConfig, RunConfig, TuneConfig
 from prefect_tune.exceptions import (
@@ -14,6 +14,7 @@ from prefect_tune.exceptions import (
     ConfigNotSerializableError,
     MetricNotReportedError,
     PrefectTuneError,
+    ResourcesUnavailableError,
     SearchSpaceError,
     StorageError,
     TrialError,
@@ -50,6 +51,7 @@ __all__ = [
     "FailureConfig",
     "MetricNotReportedError",
     "PrefectTuneError",
+    "ResourcesUnavailableError",
     "Result",
     "ResultGrid",
     "RunConfig",
@@ -79,4 +81,5 @@ __all__ = [
     "sample_from",
     "uniform",
     "with_parameters",
+    "with_resources",
 ]

@@ -12,6 +12,7 @@ __all__ = [
     "ConfigError",
     "SearchSpaceError",
     "ConfigNotSerializableError",
+    "ResourcesUnavailableError",
     "MetricNotReportedError",
     "StorageError",
     "UnknownStorageSchemeError",
@@ -51,6 +52,11 @@ class SearchSpaceError(ConfigError):
 
 class ConfigNotSerializableError(ConfigError, TypeError):
     """A trial config holds a value that cannot be stored as JSON."""
+
+
+class ResourcesUnavailableError(ConfigError):
+    """No worker of the Dask cluster has the resources the trials ask for
+    (``with_resources``): Dask would keep them waiting forever."""
 
 
 class MetricNotReportedError(PrefectTuneError, KeyError):

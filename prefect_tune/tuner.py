@@ -14,6 +14,7 @@ from typing import Any
 
 from prefect.task_runners import TaskRunner
 
+from prefect_tune._resources import trial_resources
 from prefect_tune.config import CheckpointConfig, FailureConfig, RunConfig, TuneConfig
 from prefect_tune.engine import (
     BasicVariantGenerator,
@@ -378,6 +379,8 @@ class Tuner:
             ExperimentLockedError: another live driver is running this experiment (nothing
                 stored is deleted or written then, even with ``resume="overwrite"``).
             TrialError: a trial errored and ``fail_fast="raise"``.
+            ResourcesUnavailableError: no Dask worker has the resources the trials ask for
+                (``with_resources``); no trial ran.
         """
         store = ExperimentStore(self.experiment.open())
         # Refused here already when it would be, but decided (and written) only under the
@@ -440,6 +443,7 @@ class Tuner:
                 retries=rc.flow_retries,
                 retry_delay_seconds=rc.flow_retry_delay_s,
                 trial_tags=(definition.name,) if rc.trial_tags is None else rc.trial_tags,
+                trial_resources=trial_resources(self.trainable),
             )
         except TrialsErroredError:
             if rc.failure_config.fail_fast == "raise":

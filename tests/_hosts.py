@@ -4,9 +4,11 @@
 (127.0.0.2, 127.0.0.3, ...) and runs in a mount namespace of its own (``unshare -m``) with a
 tmpfs mounted over ``local_root``: there it sees its own empty "local disk", not the driver's
 files, as a worker on another machine would. Any directory outside ``local_root`` is seen by every
-process alike and stands for an NFS mount shared by all hosts.
+process alike and stands for an NFS mount shared by all hosts. Each also has a hostname of its
+own (``unshare -u``; `hostname_of`), which is what a trial's attempts record as their host.
+`on_other_host` runs any other command (a second driver) the same way.
 
-Needs root (or CAP_SYS_ADMIN) for ``unshare -m`` and ``mount``; :func:`namespaces_unavailable`
+Needs root (or CAP_SYS_ADMIN) for ``unshare -m -u``, ``mount`` and ``hostname``; :func:`namespaces_unavailable`
 says why not when they do not work. Every process is started in a session of its own and its
 whole process group is killed on exit, also when the start fails half-way.
 """
@@ -29,8 +31,22 @@ DASK = str(Path(sys.executable).with_name("dask"))
 
 # Run inside the new mount namespace: keep its mounts from propagating back to the host's (util-
 # linux `unshare` makes them private already; this says so explicitly), shadow the local root with
-# an empty tmpfs, then become the given command.
-_SHADOW = 'mount --make-rprivate / && mount -t tmpfs tmpfs "$0" && shift && exec "$@"'
+# an empty tmpfs, take the hostname given as $1 (in a UTS namespace of its own), then become the
+# given command.
+_SHADOW = (
+    'mount --make-rprivate / && mount -t tmpfs tmpfs "$0" && hostname "$1" && shift && exec "$@"'
+)
+
+
+def hostname_of(host: str) -> str:
+    """The hostname of the worker (or driver) bound to the loopback address ``host``."""
+    return "host-" + host.replace(".", "-")
+
+
+def on_other_host(local_root: Path, host: str, argv: list[str]) -> list[str]:
+    """``argv`` as a command that runs as if on another host: its own empty tmpfs over
+    ``local_root`` and the hostname `hostname_of` ``host`` (it still shares the network)."""
+    return ["unshare", "-m", "-u", "sh", "-c", _SHADOW, str(local_root), hostname_of(host), *argv]
 
 
 def namespaces_unavailable() -> str | None:
@@ -38,7 +54,7 @@ def namespaces_unavailable() -> str | None:
     with tempfile.TemporaryDirectory(prefix="prefect-tune-unshare-") as d:
         try:
             proc = subprocess.run(
-                ["unshare", "-m", "sh", "-c", _SHADOW, d, "x", "true"],
+                ["unshare", "-m", "-u", "sh", "-c", _SHADOW, d, "x", "true"],
                 capture_output=True,
                 text=True,
                 timeout=30,
@@ -47,7 +63,8 @@ def namespaces_unavailable() -> str | None:
             return f"`unshare -m` cannot run: {exc}"
         if proc.returncode != 0:
             return (
-                f"`unshare -m sh -c 'mount -t tmpfs tmpfs DIR'` failed (exit {proc.returncode}): "
+                f"`unshare -m -u sh -c 'mount -t tmpfs tmpfs DIR && hostname x'` failed (exit "
+                f"{proc.returncode}): "
                 f"{proc.stderr.strip()}"
             )
     return None
@@ -78,6 +95,14 @@ class OtherHosts:
             text = path.read_text(errors="replace") if path.exists() else ""
             parts.append(f"--- {name} ---\n{text[-3000:]}")
         return "\n".join(parts)
+
+    def kill_worker(self, host: str) -> None:
+        """SIGKILLs the worker bound to ``host`` (no nanny restarts it) and waits until it is
+        gone: its machine died."""
+        proc = self.processes[f"worker-{host}"]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
 
 
 def _start(
@@ -131,12 +156,14 @@ def other_hosts(
     env: Mapping[str, str],
     hosts: tuple[str, ...] = ("127.0.0.2", "127.0.0.3"),
     timeout: float = 60,
+    worker_args: Mapping[str, list[str]] | None = None,
 ) -> Iterator[OtherHosts]:
     """Starts a scheduler on 127.0.0.1 and one single-threaded worker per address in ``hosts``.
 
     Yields once the scheduler has every worker. ``env`` is the environment of every process
     (PYTHONPATH so that ``tests.*`` imports, PREFECT_API_URL so that task runs report to the
-    test API).
+    test API). ``worker_args`` adds arguments to the ``dask worker`` command of some hosts
+    (``{"127.0.0.3": ["--resources", "GPU=1"]}``).
     """
     from distributed import Client
 
@@ -174,26 +201,24 @@ def other_hosts(
             _start(
                 cluster,
                 f"worker-{host}",
-                [
-                    "unshare",
-                    "-m",
-                    "sh",
-                    "-c",
-                    _SHADOW,
-                    str(local_root),
-                    "-",
-                    DASK,
-                    "worker",
-                    cluster.scheduler_address,
-                    "--host",
+                on_other_host(
+                    local_root,
                     host,
-                    "--name",
-                    f"host-{host}",
-                    "--nthreads",
-                    "1",
-                    "--no-nanny",
-                    "--no-dashboard",
-                ],
+                    [
+                        DASK,
+                        "worker",
+                        cluster.scheduler_address,
+                        "--host",
+                        host,
+                        "--name",
+                        f"host-{host}",
+                        "--nthreads",
+                        "1",
+                        "--no-nanny",
+                        "--no-dashboard",
+                        *(worker_args or {}).get(host, []),
+                    ],
+                ),
                 env,
             )
         with Client(cluster.scheduler_address, timeout=timeout) as client:

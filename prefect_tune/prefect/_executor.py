@@ -6,8 +6,10 @@ import logging
 import os
 import uuid
 from collections import deque
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+import dask
 from prefect.client.orchestration import get_client
 from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
@@ -15,6 +17,7 @@ from prefect.states import Crashed
 from prefect.task_runners import TaskRunner
 from prefect_dask import DaskTaskRunner
 
+from prefect_tune import _resources
 from prefect_tune._settings import get_settings
 from prefect_tune.engine import TrialOutcome, TrialRequest
 from prefect_tune.engine._executor import QueueingExecutor
@@ -72,12 +75,21 @@ class PrefectTaskExecutor(QueueingExecutor):
     any other task runner, and the plain path, get ``task_runner.submit`` as Prefect does it.
     Must be used inside the running experiment flow.
 
+    A trial whose trainable asks for resources (`prefect_tune.with_resources`) asks Dask for
+    them on either path: ``client.submit(..., resources=...)``, or the ``dask.annotate``
+    that prefect-dask's ``submit`` passes on. ``resources``, the experiment's request, is
+    checked against the cluster's workers once it is connected, before any trial runs.
+
     Raises:
         ConfigError: a ``PREFECT_TUNE_*`` setting is invalid (read when the executor is made).
     """
 
     def __init__(
-        self, experiment_name: str, task_runner: TaskRunner[Any], tags: tuple[str, ...] = ()
+        self,
+        experiment_name: str,
+        task_runner: TaskRunner[Any],
+        tags: tuple[str, ...] = (),
+        resources: Mapping[str, float] | None = None,
     ):
         super().__init__()
         if FlowRunContext.get() is None:
@@ -85,6 +97,7 @@ class PrefectTaskExecutor(QueueingExecutor):
         self.experiment_name = experiment_name
         self.task_runner = task_runner
         self.tags = tags
+        self.resources = dict(resources or {})
         # Read here, on the driver: the workers run what the driver sends them.
         self._settings = get_settings()
         self._runner: TaskRunner[Any] | None = None
@@ -93,15 +106,48 @@ class PrefectTaskExecutor(QueueingExecutor):
         self._task = trial_task.with_options(task_run_name=trial_run_name, tags=list(tags))
 
     def start(self) -> None:
+        """Starts the task runner (a Dask cluster, or a connection to one).
+
+        Raises:
+            ResourcesUnavailableError: no worker has the resources the trials ask for (the
+                runner is closed again).
+        """
         runner = self.task_runner.duplicate()
         runner.__enter__()
         self._runner = runner
         if isinstance(runner, DaskTaskRunner):
             self._client = runner.client  # starts the local cluster, or connects
             _shorten_message_log(self._client)
+            try:
+                self._check_resources()
+            except BaseException:
+                self.close()
+                raise
             self._dispatch = fast_dispatch(
                 self._client, self._settings, self.experiment_name, self.tags
             )
+        elif self.resources:
+            logger.warning(
+                "Trials ask for %s (with_resources), which only a DaskTaskRunner honours; "
+                "%s runs them without.",
+                _resources.describe(self.resources),
+                type(runner).__name__,
+            )
+
+    def _workers(self) -> dict[str, Any]:
+        return dict(self._client.scheduler_info(n_workers=-1)["workers"])
+
+    def _check_resources(self) -> None:
+        if not self.resources:
+            return
+        workers = self._workers()
+        if not workers:
+            logger.warning(
+                "No Dask worker is connected yet: whether one has %s, which the trials ask "
+                "for, is not checked.",
+                _resources.describe(self.resources),
+            )
+        _resources.check_workers(workers, self.resources, str(self._client.scheduler.address))
 
     def close(self) -> None:
         runner, self._runner, self._client = self._runner, None, None
@@ -116,14 +162,21 @@ class PrefectTaskExecutor(QueueingExecutor):
 
     def capacity(self) -> int:
         self._started()
+        if self._client is not None and self.resources:
+            return max(1, _resources.slots(self._workers(), self.resources))
         if self._client is not None:
             return max(1, sum(self._client.nthreads().values()))
         return getattr(self._runner, "_max_workers", None) or os.cpu_count() or 1
 
     def submit(self, request: TrialRequest) -> Any:
         runner = self._started()
+        resources = _resources.trial_resources(request.trainable) or None
         if self._dispatch is not None:
-            future = self._dispatch.submit(request)
+            future = self._dispatch.submit(request, resources)
+        elif resources is not None and self._client is not None:
+            # prefect-dask's submit takes no resources; Dask merges the annotation in.
+            with dask.annotate(resources=resources):
+                future = runner.submit(self._task, parameters={"sealed": Sealed(request)})
         else:
             future = runner.submit(self._task, parameters={"sealed": Sealed(request)})
         future.add_done_callback(self._on_done)

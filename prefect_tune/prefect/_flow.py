@@ -7,7 +7,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from prefect import Flow
@@ -220,6 +220,7 @@ def run_experiment_flow(
     retries: int = 0,
     retry_delay_seconds: float = 0.0,
     trial_tags: tuple[str, ...] = (),
+    trial_resources: Mapping[str, float] | None = None,
 ) -> list[PackedSummary]:
     """Runs the experiment as a flow run named ``name`` (a subflow inside a running flow).
 
@@ -236,12 +237,15 @@ def run_experiment_flow(
         retries: Prefect flow retries of the experiment flow.
         retry_delay_seconds: Pause between retries.
         trial_tags: Tags of the trials' task runs.
+        trial_resources: The Dask worker resources every trial asks for, checked against the
+            cluster before any trial runs.
 
     Returns:
         Every trial of the experiment.
 
     Raises:
         TrialsErroredError: trials ended in ERROR after the last retry.
+        ResourcesUnavailableError: no Dask worker has ``trial_resources``.
     """
 
     def experiment() -> _Trials:
@@ -260,7 +264,7 @@ def run_experiment_flow(
                 logger.warning("Could not tag flow run %s: %s", flow_run.name, exc)
         drivers = DriverRecords(storage, record, lease_ttl_s)
         controller = build_controller(
-            PrefectTaskExecutor(name, task_runner, trial_tags),
+            PrefectTaskExecutor(name, task_runner, trial_tags, trial_resources),
             record,
             on_takeover=lambda previous: mark_taken_over(previous, record, storage),
             on_acquired=drivers.sweep,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 
 from distributed import Client, Future
 
@@ -31,14 +32,16 @@ class FastDispatch:
             self._on_workers = scattered
         return scattered
 
-    def submit(self, request: TrialRequest) -> Future:
-        """Starts one task run of a trial on the cluster; its Dask key names the trial."""
+    def submit(self, request: TrialRequest, resources: Mapping[str, float] | None = None) -> Future:
+        """Starts one task run of a trial on the cluster, on a worker with ``resources`` (Dask
+        worker resources) if given; its Dask key names the trial."""
         return self._client.submit(
             run_trial_task,
             self._worker_context(),
             request,
             key=f"trial-{request.trial.trial_id}-{uuid.uuid4().hex[:8]}",
             pure=False,
+            resources=dict(resources) if resources else None,
         )
 
 
