@@ -33,8 +33,10 @@ __all__ = [
     "LeaseLostError",
     "ExperimentExistsError",
     "TrialError",
+    "WorkerLostError",
     "TrialsErroredError",
     "SessionError",
+    "PrefectAPIUnreachableError",
 ]
 
 
