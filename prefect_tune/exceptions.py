@@ -24,6 +24,7 @@ __all__ = [
     "IncompleteCheckpointError",
     "StateError",
     "UnsupportedSchemaVersionError",
+    "DecisionStateMismatchError",
     "UnsafePathError",
     "ExperimentNotFoundError",
     "ReportError",
@@ -101,6 +102,11 @@ class StateError(PrefectTuneError):
 
 class UnsupportedSchemaVersionError(StateError, ValueError):
     """A state file was written by a newer prefect-tune than the one reading it."""
+
+
+class DecisionStateMismatchError(StateError, ValueError):
+    """Stored searcher, scheduler or stopper state was written by another kind of one, or with
+    other settings, than the one given to resume it: refused rather than silently replaced."""
 
 
 class UnsafePathError(StateError, ValueError):
