@@ -21,7 +21,14 @@ from typing import Any
 
 from prefect_tune.exceptions import DecisionStateMismatchError, UnsupportedSchemaVersionError
 
-__all__ = ["derived_rng", "json_copy", "result_number", "state_data", "state_document"]
+__all__ = [
+    "Stateful",
+    "derived_rng",
+    "json_copy",
+    "result_number",
+    "state_data",
+    "state_document",
+]
 
 
 def json_copy(value: Any) -> Any:
@@ -116,3 +123,41 @@ def result_number(result: Mapping[str, Any], key: str) -> float | None:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return None
     return float(value)
+
+
+class Stateful:
+    """What a searcher, scheduler or stopper implements for its state to be stored.
+
+    Subclasses override :meth:`settings` (what shapes decisions, compared on restore),
+    :meth:`state` and :meth:`load`; :meth:`to_state` and :meth:`from_state` wrap them in a
+    versioned document.
+    """
+
+    #: Version of :meth:`state`'s layout; raise it when the layout changes.
+    STATE_VERSION: int = 1
+
+    def settings(self) -> dict[str, Any]:
+        """The constructor arguments that shape decisions, JSON-able; compared on restore."""
+        return {}
+
+    def state(self) -> dict[str, Any]:
+        """The decision state a restore needs, JSON-able; empty when there is none."""
+        return {}
+
+    def load(self, data: Mapping[str, Any]) -> None:
+        """Take back what :meth:`state` returned."""
+
+    def to_state(self) -> dict[str, Any]:
+        """The state as a versioned JSON document, to store with the experiment."""
+        return state_document(
+            type(self).__name__, self.STATE_VERSION, self.settings(), self.state()
+        )
+
+    def from_state(self, document: Mapping[str, Any]) -> None:
+        """Resume from a document :meth:`to_state` wrote, exactly where it was.
+
+        Raises:
+            DecisionStateMismatchError: It was written by another class or other settings.
+            UnsupportedSchemaVersionError: It was written by a newer prefect-tune.
+        """
+        self.load(state_data(document, type(self).__name__, self.STATE_VERSION, self.settings()))

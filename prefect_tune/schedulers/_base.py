@@ -14,16 +14,17 @@ from typing import Any, ClassVar
 
 from prefect_tune.engine._checks import fail, metric_and_mode
 from prefect_tune.engine._control import Decision
-from prefect_tune.engine._decision_state import state_data, state_document
+from prefect_tune.engine._decision_state import Stateful
 
 __all__ = ["FIFOScheduler", "TrialScheduler"]
 
 
-class TrialScheduler:
+class TrialScheduler(Stateful):
     """Base of the schedulers: decides, at each result of a trial, whether it goes on.
 
-    Subclass it and override :meth:`on_trial_result` (and :meth:`to_state` /
-    :meth:`from_state` if the subclass keeps state a restore needs). The methods are called by
+    Subclass it and override :meth:`on_trial_result` (and ``settings``, ``state`` and
+    ``load`` if the subclass keeps state a restore needs: ``to_state()`` and ``from_state()``
+    store them as a versioned document). The methods are called by
     one thread of the driver, one event at a time, in the order the events were stored; they
     must not raise on a result they cannot use (answer CONTINUE instead).
 
@@ -49,9 +50,6 @@ class TrialScheduler:
     CONTINUE: ClassVar[Decision] = Decision.CONTINUE
     PAUSE: ClassVar[Decision] = Decision.PAUSE
     STOP: ClassVar[Decision] = Decision.STOP
-
-    #: Version of :meth:`to_state`'s ``data``; raise it when its layout changes.
-    STATE_VERSION: ClassVar[int] = 1
 
     def __init__(self, metric: str | None = None, mode: str | None = None) -> None:
         self._metric, self._mode = metric_and_mode(type(self).__name__, metric, mode)
@@ -101,30 +99,7 @@ class TrialScheduler:
         """The trial was stopped by a decision (this scheduler's or a stopper's)."""
 
     def settings(self) -> dict[str, Any]:
-        """The constructor arguments that shape decisions, JSON-able; compared on restore."""
         return {"metric": self._metric, "mode": self._mode}
-
-    def state(self) -> dict[str, Any]:
-        """The decision state a restore needs, JSON-able; empty for a stateless scheduler."""
-        return {}
-
-    def load(self, data: Mapping[str, Any]) -> None:
-        """Take back what :meth:`state` returned."""
-
-    def to_state(self) -> dict[str, Any]:
-        """The scheduler's state as a versioned JSON document, stored with the experiment."""
-        return state_document(
-            type(self).__name__, self.STATE_VERSION, self.settings(), self.state()
-        )
-
-    def from_state(self, document: Mapping[str, Any]) -> None:
-        """Resume from a document :meth:`to_state` wrote, exactly where it was.
-
-        Raises:
-            DecisionStateMismatchError: It was written by another scheduler or other settings.
-            UnsupportedSchemaVersionError: It was written by a newer prefect-tune.
-        """
-        self.load(state_data(document, type(self).__name__, self.STATE_VERSION, self.settings()))
 
     def _require_metric(self) -> tuple[str, float]:
         """The metric and the sign that makes higher better, or a ConfigError."""
