@@ -16,6 +16,7 @@ __all__ = [
     "StorageError",
     "UnknownStorageSchemeError",
     "StorageDriverMissingError",
+    "MissingExtraError",
     "StorageCredentialsError",
     "StoragePermissionError",
     "StorageNotFoundError",
@@ -70,6 +71,11 @@ class UnknownStorageSchemeError(StorageError, ValueError):
 
 class StorageDriverMissingError(PrefectTuneError, ImportError):
     """The package that implements the ``storage_path`` protocol is not installed."""
+
+
+class MissingExtraError(PrefectTuneError, ImportError):
+    """An optional feature's package is not installed; the message names the extra to install
+    (``pip install prefect-tune[optuna]``)."""
 
 
 class StorageCredentialsError(StorageError, PermissionError):
