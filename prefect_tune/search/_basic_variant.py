@@ -129,6 +129,7 @@ class BasicVariantGenerator(Searcher):
         generator = self._generator
         return {
             "points_to_evaluate": json_copy(self._points),
+            "random_state": self._random_state,
             "seed": None if generator is None else generator.seed,
             "num_samples": None if generator is None else generator.num_samples,
             "param_space": self._space,
