@@ -58,6 +58,10 @@ class TuneConfig:
         seed: Makes the sampled trial configs reproducible.
         time_budget_s: Wall-clock budget of the experiment; trials still running then stop at
             their next ``report()``.
+        search_alg: A search algorithm from ``prefect_tune.search``. Not wired yet: only
+            ``BasicVariantGenerator()`` (the default) is accepted; others are refused.
+        scheduler: A trial scheduler from ``prefect_tune.schedulers``. Not wired yet: only
+            ``FIFOScheduler()`` (the default) is accepted; others are refused, never ignored.
 
     Examples:
         >>> TuneConfig(metric="loss", mode="min", num_samples=8, max_concurrent_trials=2, seed=0)
@@ -70,9 +74,12 @@ class TuneConfig:
     max_concurrent_trials: int | None = None
     seed: int | None = None
     time_budget_s: float | None = None
+    search_alg: Any = field(default=None, repr=False)
+    scheduler: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         name = type(self).__name__
+        _check_decision_cores(self.search_alg, self.scheduler)
         if self.metric is not None and (not isinstance(self.metric, str) or not self.metric):
             raise _fail(name, "metric", f"must be a non-empty string, got {self.metric!r}.")
         _check_mode(name, "mode", self.mode)
@@ -290,12 +297,60 @@ class RunConfig:
             raise _fail("RunConfig", "checkpoint_config", "must be a CheckpointConfig.")
         if not isinstance(self.failure_config, FailureConfig):
             raise _fail("RunConfig", "failure_config", "must be a FailureConfig.")
+        from prefect_tune.stopper import Stopper  # the stoppers import the engine, and it us
+
+        if isinstance(self.stop, Stopper):
+            raise _fail(
+                "RunConfig",
+                "stop",
+                f"{type(self.stop).__name__} is a decision core only in this version: "
+                f"RunConfig(stop=Stopper) lands next. Until then it is refused rather than run "
+                f"on each worker apart; pass a dict or a function (trial_id, result) -> bool.",
+            )
         if self.stop is not None and not callable(self.stop) and not _is_stop_dict(self.stop):
             raise _fail(
                 "RunConfig",
                 "stop",
                 "must be a dict of metric name -> finite number, or a function "
                 f"(trial_id, result) -> bool; got {self.stop!r}.",
+            )
+
+
+def _check_decision_cores(search_alg: Any, scheduler: Any) -> None:
+    # Imported here: the schedulers and searchers import the engine, which imports this module.
+    from prefect_tune.schedulers import FIFOScheduler, TrialScheduler
+    from prefect_tune.search import BasicVariantGenerator, Searcher
+
+    later = (
+        "is a decision core only in this version: wiring it into the Tuner lands next. Until "
+        "then it is refused rather than ignored; remove it to run"
+    )
+    if scheduler is not None:
+        if not isinstance(scheduler, TrialScheduler):
+            raise _fail(
+                "TuneConfig",
+                "scheduler",
+                f"must be a scheduler from prefect_tune.schedulers, got {type(scheduler).__name__}.",
+            )
+        if type(scheduler) is not FIFOScheduler:
+            raise _fail("TuneConfig", "scheduler", f"{type(scheduler).__name__} {later} FIFO.")
+    if search_alg is not None:
+        if not isinstance(search_alg, Searcher):
+            raise _fail(
+                "TuneConfig",
+                "search_alg",
+                f"must be a search algorithm from prefect_tune.search, got "
+                f"{type(search_alg).__name__}.",
+            )
+        default = BasicVariantGenerator()
+        if type(search_alg) is not BasicVariantGenerator or (
+            search_alg.settings() != default.settings()
+        ):
+            raise _fail(
+                "TuneConfig",
+                "search_alg",
+                f"{type(search_alg).__name__} with these arguments {later} grid and random "
+                f"search (seeded by TuneConfig(seed=...)).",
             )
 
 

@@ -17,6 +17,7 @@ __all__ = [
     "StorageError",
     "UnknownStorageSchemeError",
     "StorageDriverMissingError",
+    "MissingExtraError",
     "StorageCredentialsError",
     "StoragePermissionError",
     "StorageNotFoundError",
@@ -26,6 +27,7 @@ __all__ = [
     "StateError",
     "UnsupportedSchemaVersionError",
     "DamagedStateError",
+    "DecisionStateMismatchError",
     "UnsafePathError",
     "ExperimentNotFoundError",
     "ReportError",
@@ -80,6 +82,11 @@ class StorageDriverMissingError(PrefectTuneError, ImportError):
     """The package that implements the ``storage_path`` protocol is not installed."""
 
 
+class MissingExtraError(PrefectTuneError, ImportError):
+    """An optional feature's package is not installed; the message names the extra to install
+    (``pip install prefect-tune[optuna]``)."""
+
+
 class StorageCredentialsError(StorageError, PermissionError):
     """The storage rejected the credentials, or none were found."""
 
@@ -110,6 +117,11 @@ class StateError(PrefectTuneError):
 
 class UnsupportedSchemaVersionError(StateError, ValueError):
     """A state file was written by a newer prefect-tune than the one reading it."""
+
+
+class DecisionStateMismatchError(StateError, ValueError):
+    """Stored searcher, scheduler or stopper state was written by another kind of one, or with
+    other settings, than the one given to resume it: refused rather than silently replaced."""
 
 
 class DamagedStateError(StateError, ValueError):

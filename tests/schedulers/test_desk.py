@@ -1,0 +1,62 @@
+"""The driver's decision desk: stopper and scheduler together, and a stop that stays a stop."""
+
+from __future__ import annotations
+
+import pytest
+
+from prefect_tune.engine import Decision
+from prefect_tune.engine._decisions import DecisionDesk
+from prefect_tune.exceptions import DecisionStateMismatchError
+from prefect_tune.schedulers import ASHAScheduler
+from prefect_tune.stopper import CombinedStopper, MaximumIterationStopper, TimeoutStopper
+from tests.schedulers._streams import add_all, curves, round_trip
+
+
+def _desk():
+    return DecisionDesk(
+        scheduler=ASHAScheduler(metric="loss", mode="min", max_t=27, reduction_factor=3),
+        stopper=CombinedStopper(MaximumIterationStopper(20), TimeoutStopper(3600)),
+    )
+
+
+def _feed(desk, rows, stopped):
+    out = []
+    for trial, row in rows:
+        if trial in stopped:
+            continue
+        decision = desk.on_result(trial, row)
+        out.append((trial, row["training_iteration"], decision))
+        if decision is Decision.STOP:
+            stopped.add(trial)
+    return out
+
+
+@pytest.mark.parametrize("cut", [0, 60, 200])
+def test_resume_decides_exactly_and_a_stopped_trial_stays_stopped(cut):
+    configs, rows = curves()
+    straight = _desk()
+    add_all(straight, configs)
+    expected = _feed(straight, rows, set())
+    by_stopper = [t for t, i, d in expected if d is Decision.STOP and i == 20]
+    assert by_stopper and any(d is Decision.STOP and i < 20 for _, i, d in expected)
+    first = _desk()
+    add_all(first, configs)
+    stopped: set[str] = set()
+    before = _feed(first, rows[:cut], stopped)
+    resumed = _desk()
+    resumed.from_state(round_trip(first.to_state()))
+    for trial in stopped:  # a row sent before the stop reached the trial: STOP again
+        assert resumed.on_result(trial, {"training_iteration": 99, "loss": 0.0}) is Decision.STOP
+    assert before + _feed(resumed, rows[cut:], stopped) == expected
+
+
+def test_stop_all_stops_every_trial_and_the_state_names_its_cores():
+    timeout = TimeoutStopper(5)
+    ticks = iter([0.0, 6.0])
+    timeout.clock = lambda: next(ticks)
+    desk = DecisionDesk(stopper=timeout)
+    assert desk.on_result("a", {"training_iteration": 1}) is Decision.CONTINUE
+    assert desk.on_result("b", {"training_iteration": 1}) is Decision.STOP
+    assert desk.stopped_all and desk.on_result("c", {}) is Decision.STOP
+    with pytest.raises(DecisionStateMismatchError, match="scheduler"):
+        _desk().from_state(desk.to_state())

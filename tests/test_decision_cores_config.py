@@ -1,0 +1,66 @@
+"""Until they are wired into the Tuner, schedulers, searchers and stoppers are refused, not
+silently ignored; the defaults they stand for are accepted."""
+
+from __future__ import annotations
+
+import pytest
+
+from prefect_tune import ConfigError, RunConfig, TuneConfig
+from prefect_tune.schedulers import (
+    ASHAScheduler,
+    FIFOScheduler,
+    MedianStoppingRule,
+    PopulationBasedTraining,
+)
+from prefect_tune.search import BasicVariantGenerator, ConcurrencyLimiter
+from prefect_tune.stopper import CombinedStopper, MaximumIterationStopper, TimeoutStopper
+
+
+def test_the_defaults_are_accepted():
+    config = TuneConfig(scheduler=FIFOScheduler(), search_alg=BasicVariantGenerator())
+    assert isinstance(config.scheduler, FIFOScheduler)
+    assert "scheduler" not in repr(config)  # the repr users and doctests see is unchanged
+
+
+@pytest.mark.parametrize(
+    "scheduler",
+    [
+        ASHAScheduler(metric="loss", mode="min"),
+        MedianStoppingRule(),
+        PopulationBasedTraining(hyperparam_mutations={"lr": [0.1, 0.2]}),
+    ],
+)
+def test_a_scheduler_not_wired_yet_is_refused_by_name(scheduler):
+    with pytest.raises(ConfigError, match=r"TuneConfig\(scheduler=...\): .*decision core only"):
+        TuneConfig(scheduler=scheduler)
+
+
+@pytest.mark.parametrize(
+    "search_alg",
+    [
+        BasicVariantGenerator(random_state=1),
+        BasicVariantGenerator(points_to_evaluate=[{"lr": 0.1}]),
+        ConcurrencyLimiter(BasicVariantGenerator(), 2),
+    ],
+)
+def test_a_search_algorithm_not_wired_yet_is_refused_by_name(search_alg):
+    with pytest.raises(ConfigError, match=r"TuneConfig\(search_alg=...\): .*decision core only"):
+        TuneConfig(search_alg=search_alg)
+
+
+def test_other_objects_are_refused_as_such():
+    with pytest.raises(ConfigError, match=r"TuneConfig\(scheduler=...\): must be a scheduler"):
+        TuneConfig(scheduler="asha")
+    with pytest.raises(ConfigError, match=r"TuneConfig\(search_alg=...\): must be a search"):
+        TuneConfig(search_alg=object())
+
+
+@pytest.mark.parametrize(
+    "stopper",
+    [MaximumIterationStopper(3), TimeoutStopper(60), CombinedStopper(TimeoutStopper(60))],
+)
+def test_a_stopper_is_refused_while_dicts_and_functions_still_work(stopper):
+    with pytest.raises(ConfigError, match=r"RunConfig\(stop=...\): .*decision core only"):
+        RunConfig(stop=stopper)
+    assert RunConfig(stop={"training_iteration": 3}).stop == {"training_iteration": 3}
+    assert callable(RunConfig(stop=lambda trial_id, result: False).stop)
