@@ -208,6 +208,10 @@ class RunConfig:
             asks its API for a concurrency slot for every task run that has a tag; ``()``
             leaves the tags out and saves that call (a few ms per trial, and stalls while a
             SQLite-backed Prefect server is busy).
+        verbose: What ``fit()`` shows on the console, as Ray Tune's levels: ``0`` silent,
+            ``1`` a progress line every 30 s, ``2`` (default) every 5 s, ``3`` also Dask's
+            INFO logs. Below 3 Dask logs at WARNING (ERROR at 0), unless
+            ``DASK_LOGGING__DISTRIBUTED`` is set. Prefect's own lines follow its settings.
 
     Examples:
         >>> RunConfig(name="exp", storage_path="s3://bucket/tune", stop={"training_iteration": 10})
@@ -227,8 +231,11 @@ class RunConfig:
     flow_retry_delay_s: float = 0.0
     lease_ttl_s: float = 60.0
     trial_tags: tuple[str, ...] | None = None
+    verbose: int = 2
 
     def __post_init__(self) -> None:
+        if type(self.verbose) is not int or self.verbose not in (0, 1, 2, 3):
+            raise _fail("RunConfig", "verbose", f"must be 0, 1, 2 or 3, got {self.verbose!r}.")
         if self.trial_tags is not None:
             if isinstance(self.trial_tags, str) or not all(
                 isinstance(tag, str) and tag for tag in self.trial_tags

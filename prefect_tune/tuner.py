@@ -14,6 +14,7 @@ from typing import Any
 
 from prefect.task_runners import TaskRunner
 
+from prefect_tune._console import ConsoleProgress, progress_interval_s, quiet_dask
 from prefect_tune._resources import trial_resources
 from prefect_tune.config import CheckpointConfig, FailureConfig, RunConfig, TuneConfig
 from prefect_tune.engine import (
@@ -429,22 +430,26 @@ class Tuner:
                 prepare=prepare,
                 # Replaced, not read: a damaged experiment can be overwritten.
                 check_stored=mode != "overwrite",
+                observers=observers,
             )
 
         from prefect_tune.prefect import run_experiment_flow
 
+        interval = progress_interval_s(rc.verbose)
+        observers = [ConsoleProgress(interval)] if interval is not None else []
         try:
-            trials = run_experiment_flow(
-                build,
-                name=definition.name,
-                storage=store.storage,
-                lease_ttl_s=rc.lease_ttl_s,
-                task_runner=task_runner,
-                retries=rc.flow_retries,
-                retry_delay_seconds=rc.flow_retry_delay_s,
-                trial_tags=(definition.name,) if rc.trial_tags is None else rc.trial_tags,
-                trial_resources=trial_resources(self.trainable),
-            )
+            with quiet_dask(rc.verbose):
+                trials = run_experiment_flow(
+                    build,
+                    name=definition.name,
+                    storage=store.storage,
+                    lease_ttl_s=rc.lease_ttl_s,
+                    task_runner=task_runner,
+                    retries=rc.flow_retries,
+                    retry_delay_seconds=rc.flow_retry_delay_s,
+                    trial_tags=(definition.name,) if rc.trial_tags is None else rc.trial_tags,
+                    trial_resources=trial_resources(self.trainable),
+                )
         except TrialsErroredError:
             if rc.failure_config.fail_fast == "raise":
                 raise

@@ -57,6 +57,40 @@ def prefect_api() -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(scope="module")
+def postgres_database() -> Iterator[str]:
+    """A throw-away PostgreSQL cluster (Debian's ``postgresql``, ``initdb`` in a temp dir, run as
+    a non-root user) on 127.0.0.1 for one test module.
+
+    Yields:
+        Its database's URL, ``postgresql+asyncpg://tune@127.0.0.1:<port>/prefect``.
+    """
+    with testing.postgres_server() as database_url:
+        yield database_url
+
+
+@pytest.fixture(scope="module")
+def postgres_prefect_api(prefect_api: str, postgres_database: str) -> Iterator[str]:
+    """A ``prefect server start`` on a throw-away PostgreSQL cluster (Debian's ``postgresql``,
+    ``initdb`` in a temp dir), for one test module: Prefect's production setup.
+
+    Yields:
+        The API URL, set as ``PREFECT_API_URL`` in this process's Prefect settings while the
+        module runs (inside the session's ``prefect_api``, which is back after it).
+    """
+    with testing.prefect_server(postgres_database) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def postgres_dask_cluster(postgres_prefect_api: str) -> Iterator[Any]:
+    """As ``dask_cluster``, its workers reporting to ``postgres_prefect_api``."""
+    with testing.local_cluster(
+        n_workers=2, threads_per_worker=2, api_url=postgres_prefect_api
+    ) as cluster:
+        yield cluster
+
+
 # -- object-store servers -----------------------------------------------------------------------
 
 

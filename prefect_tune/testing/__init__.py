@@ -7,6 +7,8 @@ Started on 127.0.0.1, each a context manager that stops what it started:
   :class:`ObjectStoreServer` (endpoint, fsspec options, :meth:`~ObjectStoreServer.new_bucket`);
 - :func:`prefect_api`: a temporary Prefect API with its own database (``prefect_test_harness``);
   :func:`flow_runs_named` reads an experiment's flow runs from it;
+- :func:`postgres_server`: a throw-away PostgreSQL cluster (Debian's ``postgresql``), and
+  :func:`prefect_server`: ``prefect server start`` as a process, on SQLite or that PostgreSQL;
 - :func:`local_cluster`: a Dask ``LocalCluster`` of worker processes reporting to that API.
 
 Two public modules go with them: :mod:`prefect_tune.testing.storage_suite`, the storage
@@ -40,7 +42,9 @@ from prefect_tune.testing._servers import (
     local_cluster,
     local_cluster_kwargs,
     moto_server,
+    postgres_server,
     prefect_api,
+    prefect_server,
     s3_client,
 )
 
@@ -51,6 +55,8 @@ __all__ = [
     "local_cluster",
     "local_cluster_kwargs",
     "moto_server",
+    "postgres_server",
     "prefect_api",
+    "prefect_server",
     "s3_client",
 ]

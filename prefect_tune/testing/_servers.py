@@ -250,3 +250,198 @@ def local_cluster(*, n_workers: int, threads_per_worker: int, api_url: str) -> I
         **local_cluster_kwargs(n_workers, threads_per_worker), env={"PREFECT_API_URL": api_url}
     ) as cluster:
         yield cluster
+
+
+# -- PostgreSQL and a Prefect server on it ------------------------------------------------------
+
+
+def _initdb() -> str:
+    """Debian's ``initdb`` (``apt-get install postgresql``): the newest one installed."""
+    import glob
+    import shutil
+
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=_pg_version)
+    if found:
+        return found[-1]
+    on_path = shutil.which("initdb")
+    if on_path is None:
+        raise RuntimeError(
+            "PostgreSQL is not installed: no /usr/lib/postgresql/*/bin/initdb and no initdb on "
+            "PATH (apt-get install postgresql)."
+        )
+    return on_path
+
+
+def _pg_version(path: str) -> int:
+    part = path.split("/")[4]
+    return int(part) if part.isdigit() else 0
+
+
+@contextlib.contextmanager
+def postgres_server(startup_timeout: float = 60.0) -> Iterator[str]:
+    """A throw-away PostgreSQL cluster on 127.0.0.1: ``initdb`` in a temp dir, ``postgres``
+    started on a free port as a non-root user (``postgres`` when this process is root, as
+    PostgreSQL refuses to run as root), stopped and deleted after.
+
+    Yields:
+        The SQLAlchemy URL of its database ``prefect`` for Prefect,
+        ``postgresql+asyncpg://tune@127.0.0.1:<port>/prefect`` (trust authentication).
+    """
+    import os
+    import pwd
+    import shutil
+    import signal
+    import tempfile
+
+    initdb = _initdb()
+    bindir = os.path.dirname(initdb)
+    run_as: dict[str, Any] = {}
+    workdir = tempfile.mkdtemp(prefix="prefect-tune-pg-")
+    if os.geteuid() == 0:
+        user = pwd.getpwnam("postgres")
+        os.chown(workdir, user.pw_uid, user.pw_gid)
+        run_as = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+    data = os.path.join(workdir, "data")
+    port = _free_port()
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8"}
+    process: subprocess.Popen[bytes] | None = None
+    try:
+        subprocess.run(
+            [initdb, "-D", data, "-U", "tune", "--auth=trust", "-E", "UTF8", "--no-sync"],
+            check=True,
+            capture_output=True,
+            env=env,
+            cwd=workdir,
+            **run_as,
+        )
+        log = open(os.path.join(workdir, "postgres.log"), "wb")  # noqa: SIM115
+        process = subprocess.Popen(
+            [
+                os.path.join(bindir, "postgres"),
+                "-D",
+                data,
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-k",
+                workdir,
+                "-c",
+                "fsync=off",
+                "-c",
+                "max_connections=200",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=workdir,
+            **run_as,
+        )
+        log.close()
+        deadline = time.monotonic() + startup_timeout
+        while True:
+            ready = subprocess.run(
+                [os.path.join(bindir, "pg_isready"), "-h", "127.0.0.1", "-p", str(port)],
+                capture_output=True,
+                env=env,
+            )
+            if ready.returncode == 0:
+                break
+            if process.poll() is not None or time.monotonic() > deadline:
+                with open(os.path.join(workdir, "postgres.log"), errors="replace") as f:
+                    raise RuntimeError(f"PostgreSQL did not start: {f.read()[-2000:]}")
+            time.sleep(0.2)
+        subprocess.run(
+            [os.path.join(bindir, "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "tune"]
+            + ["prefect"],
+            check=True,
+            capture_output=True,
+            env=env,
+        )
+        yield f"postgresql+asyncpg://tune@127.0.0.1:{port}/prefect"
+    finally:
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGINT)  # PostgreSQL's "fast" shutdown
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def prefect_server(
+    database_url: str | None = None, startup_timeout: float = 120.0
+) -> Iterator[str]:
+    """``prefect server start`` on a free port of 127.0.0.1, as its own process, with its own
+    ``PREFECT_HOME``; its database at ``database_url`` (``postgresql+asyncpg://...``, see
+    :func:`postgres_server`) or, when None, SQLite in that home.
+
+    Yields:
+        The API URL, also set as ``PREFECT_API_URL`` in this process's Prefect settings while
+        inside (pass it in the environment of any child process that should use it).
+    """
+    import os
+    import shutil
+    import signal
+    import tempfile
+    import urllib.request
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    home = tempfile.mkdtemp(prefix="prefect-tune-server-")
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(
+        PREFECT_HOME=home,
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_UI_ENABLED="false",
+        PREFECT_LOGGING_LEVEL="WARNING",
+    )
+    if database_url is not None:
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
+    url = f"http://127.0.0.1:{port}/api"
+    log = open(os.path.join(home, "server.log"), "wb")  # noqa: SIM115
+    process = subprocess.Popen(
+        [
+            os.path.join(os.path.dirname(sys.executable), "prefect"),
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
+    log.close()
+    try:
+        deadline = time.monotonic() + startup_timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                with open(os.path.join(home, "server.log"), errors="replace") as f:
+                    raise RuntimeError(f"prefect server start failed: {f.read()[-3000:]}")
+            time.sleep(0.5)
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            yield url
+    finally:
+        # Its own session: the uvicorn process it starts goes with it.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        shutil.rmtree(home, ignore_errors=True)
