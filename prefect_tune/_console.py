@@ -23,7 +23,13 @@ from typing import TextIO
 from prefect_tune.engine._progress import Progress
 from prefect_tune.state import PackedSummary
 
-__all__ = ["ConsoleProgress", "dask_log_level", "quiet_dask", "progress_interval_s"]
+__all__ = [
+    "ConsoleProgress",
+    "dask_log_level",
+    "progress_interval_s",
+    "quiet_dask",
+    "quiet_worker_shutdown",
+]
 
 VERBOSE_LEVELS = (0, 1, 2, 3)
 _INTERVALS = {1: 30.0, 2: 5.0, 3: 5.0}
@@ -74,6 +80,22 @@ class _ShutdownNoise(logging.Filter):
             return False
         message = record.getMessage()
         return not any(name in message for name in self._CLOSED)
+
+
+_worker_quieted = False
+
+
+def quiet_worker_shutdown() -> None:
+    """In a Dask worker's process (called by the trial task, once per process): drops the
+    ``CommClosedError`` a worker logs when its heartbeat meets a scheduler that closed first at
+    an orderly shutdown. The driver's filter (:func:`quiet_dask`) cannot reach a worker's own
+    logs. A worker that loses its scheduler for real still closes, and the driver reports the
+    lost worker and the trials it ran."""
+    global _worker_quieted
+    if _worker_quieted:
+        return
+    _worker_quieted = True
+    logging.getLogger("distributed.worker").addFilter(_ShutdownNoise())
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
+from prefect_tune._console import quiet_worker_shutdown
 from prefect_tune.engine import TrialOutcome, TrialRequest, run_trial
 
 
@@ -29,6 +30,7 @@ class Sealed:
 @task(name="trial", cache_policy=NO_CACHE, persist_result=False, retries=0)
 def trial_task(sealed: Sealed) -> TrialOutcome:
     """Runs one trial once; failures and resumes are the controller's, not Prefect retries."""
+    quiet_worker_shutdown()
     context = TaskRunContext.get()
     task_run_id = str(context.task_run.id) if context is not None else None
     return run_trial(sealed.request, task_run_id=task_run_id)
