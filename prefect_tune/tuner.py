@@ -418,6 +418,7 @@ class Tuner:
                 checkpoint_config=rc.checkpoint_config,
                 failure_config=rc.failure_config,
                 stop=rc.stop,
+                scheduler=self.tune_config.scheduler,
                 max_concurrent_trials=self.tune_config.max_concurrent_trials,
                 time_budget_s=self.tune_config.time_budget_s,
                 policy=policy,

@@ -191,6 +191,8 @@ class TuneController:
         self._save_cost = 0.0
         self._dirty = False
         self._fail_fast_error: TrialError | None = None
+        self._channel: Any = None  # the desk's Dask channel, while trials run on Dask
+        self._submissions = 0
 
     @staticmethod
     def _desk(stop: Any, scheduler: Any, executor: Any, store: ExperimentStore) -> Any:
@@ -202,13 +204,28 @@ class TuneController:
             scheduler = None
         if stopper is None and scheduler is None:
             return None
-        if not isinstance(executor, ThreadTrialExecutor):
+        if not isinstance(executor, ThreadTrialExecutor) and not hasattr(executor, "dask_client"):
             raise ConfigError(
-                "A scheduler or a Stopper is wired only with trials run in the driver's process "
-                f"(ThreadTrialExecutor) in this version, not with {type(executor).__name__}: "
-                "the channel to Dask workers lands next."
+                "A scheduler or a Stopper needs trials run in the driver's process "
+                f"(ThreadTrialExecutor) or on Dask, not with {type(executor).__name__}."
             )
         return DeskControl(DecisionDesk(scheduler=scheduler, stopper=stopper), store.storage)
+
+    def _open_channel(self) -> None:
+        """On Dask, rows come up and decisions go down the desk's channel; trials run in this
+        process (threads) call the desk directly."""
+        client = getattr(self.executor, "dask_client", lambda: None)()
+        if self.decisions is not None and client is not None:
+            from prefect_tune.engine._channel import DaskDeskChannel
+
+            topic = f"prefect-tune-decisions-{self.definition.experiment_id}-{self.lease.owner}"
+            self._channel = DaskDeskChannel(self.decisions, client, topic)
+
+    def _trial_control(self) -> Any:
+        if self._channel is not None:
+            self._submissions += 1
+            return self._channel.control(self._submissions)
+        return self.decisions
 
     def _load_decisions(self) -> None:
         """Gives the scheduler the experiment's metric and takes back the stored decisions."""
@@ -373,8 +390,12 @@ class TuneController:
                 # so none of their files outlive an overwrite.
                 if self.prepare is not None:
                     self.definition, self.generator = self.prepare()
+                self._open_channel()
                 return self._run()
             finally:
+                if self._channel is not None:
+                    self._channel.close()
+                    self._channel = None
                 self.executor.close()
         finally:
             self.lease.release()
@@ -436,6 +457,8 @@ class TuneController:
                 and not self._delayed
                 and not self._has_more_trials()
             )
+            if self._channel is not None:
+                self._channel.drain()  # the last rows of the last trials, judged and stored
             self._save(force=True)
             self._observe(done=True)
         if self._fail_fast_error is not None and self.failure_config.fail_fast == "raise":
@@ -478,7 +501,7 @@ class TuneController:
             flow_run_id=self.flow_run.flow_run_id if self.flow_run else None,
             lease_owner=self.lease.owner,
             fence_interval_s=self.fence_interval_s,
-            decisions=self.decisions,
+            decisions=self._trial_control(),
         )
         trial.status = TrialStatus.RUNNING
         handle = self.executor.submit(request)

@@ -218,6 +218,9 @@ def run_trial(request: TrialRequest, task_run_id: str | None = None) -> TrialOut
         ) from exc
     finally:
         session.close()
+        closing = getattr(request.decisions, "close", None)
+        if closing is not None:
+            closing(trial.trial_id)
     if decision is Decision.ABANDON or fence.check() is Decision.ABANDON:
         return TrialOutcome(trial=trial, decision=Decision.ABANDON)
     session.flush()

@@ -5,8 +5,6 @@ desk's state is stored with the experiment and checked on restore."""
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 
 import pytest
 
@@ -16,28 +14,12 @@ from prefect_tune.exceptions import ConfigError, DecisionStateMismatchError
 from prefect_tune.schedulers import ASHAScheduler, MedianStoppingRule
 from prefect_tune.state import ExperimentStore, PackedSummary, TrialState, TrialStatus
 from prefect_tune.stopper import MaximumIterationStopper
+from tests import trainables
 from tests._experiment_store import make_controller
 
-STEPS = 27
+STEPS = trainables.BOWL_STEPS
 XS = [i / 15 for i in range(16)]  # the optimum is x = 0.3
-
-
-def bowl(config):
-    """loss = (x - 0.3)^2 + 1/step: every step ranks trials alike; checkpoints every step."""
-    start = tune.get_checkpoint()
-    step = 0
-    if start is not None:
-        with start.as_directory() as d, open(os.path.join(d, "step")) as f:
-            step = int(f.read())
-    while step < STEPS:
-        step += 1
-        with tempfile.TemporaryDirectory() as d:
-            with open(os.path.join(d, "step"), "w") as f:
-                f.write(str(step))
-            tune.report(
-                {"loss": (config["x"] - 0.3) ** 2 + 1.0 / step, "step": step},
-                checkpoint=tune.Checkpoint.from_directory(d),
-            )
+bowl = trainables.bowl
 
 
 def whole(store: ExperimentStore, rows: list[PackedSummary]) -> list[TrialState]:
