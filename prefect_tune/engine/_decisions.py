@@ -1,8 +1,12 @@
 """How decisions travel: results up to the driver's decision cores, decisions down to trials.
 
-Status: the driver-side desk below is built and tested on recorded streams; the channel and
-``TuneConfig(scheduler=...)`` / ``RunConfig(stop=Stopper)`` / ``TuneConfig(search_alg=...)``
-wiring land next (until then those are refused with a ConfigError).
+Status: ``TuneConfig(scheduler=ASHAScheduler | MedianStoppingRule)`` and
+``RunConfig(stop=Stopper)`` are wired: over Dask by the channel in ``_channel.py``
+(``DaskDeskChannel`` on the driver, ``RemoteDeskControl`` in the trial), with trials in the
+driver's process by :class:`DeskControl` directly. The desk's state is ``decisions.json``,
+written at each decision other than CONTINUE (before it is sent) and with each snapshot.
+PBT (PAUSE and exploit) and ``TuneConfig(search_alg=...)`` are not wired yet (refused with a
+ConfigError).
 
 Design
 ------
