@@ -77,3 +77,21 @@ def test_a_restore_with_another_scheduler_is_refused(prefect_api, runner, tmp_pa
         tuner(
             tmp_path, name, runner, scheduler=MedianStoppingRule(time_attr="training_iteration")
         ).fit()
+
+
+def test_tuner_restore_needs_the_scheduler_it_ran_with(prefect_api, runner, tmp_path):
+    name = f"restore-{uuid.uuid4().hex[:6]}"
+    asha = ASHAScheduler(max_t=STEPS, grace_period=1, reduction_factor=3)
+    first = tuner(tmp_path, name, runner, scheduler=asha).fit()
+    path = str(tmp_path / name)
+    with pytest.raises(DecisionStateMismatchError):
+        Tuner.restore(path, trainables.bowl, task_runner=runner).fit()
+    again = Tuner.restore(
+        path,
+        trainables.bowl,
+        task_runner=runner,
+        scheduler=ASHAScheduler(max_t=STEPS, grace_period=1, reduction_factor=3),
+    ).fit()
+    assert sorted(len(r.metrics_dataframe) for r in again) == sorted(
+        len(r.metrics_dataframe) for r in first
+    )

@@ -13,12 +13,12 @@ from typing import Any
 
 from prefect_tune.config import CheckpointConfig, FailureConfig
 from prefect_tune.engine._control import Decision
-from prefect_tune.engine._decisions import DecisionDesk, DeskControl
+from prefect_tune.engine._decisions import DECISIONS_FILE, DecisionDesk, DeskControl
 from prefect_tune.engine._executor import ThreadTrialExecutor, TrialExecutor
 from prefect_tune.engine._progress import ExperimentObserver, ProgressTracker
 from prefect_tune.engine._search import BasicVariantGenerator
 from prefect_tune.engine._trial_run import TrialOutcome, TrialRequest
-from prefect_tune.exceptions import ConfigError, TrialError
+from prefect_tune.exceptions import ConfigError, DecisionStateMismatchError, TrialError
 from prefect_tune.state import (
     DEFAULT_LEASE_TTL_S,
     ExperimentDefinition,
@@ -416,6 +416,13 @@ class TuneController:
         self._load()
         if self.decisions is not None:
             self._load_decisions()
+        elif self.store.storage.exists(DECISIONS_FILE):
+            raise DecisionStateMismatchError(
+                "The experiment was run with a scheduler or a Stopper (its decisions are "
+                f"stored in {DECISIONS_FILE}); restore it with the same one "
+                "(TuneConfig(scheduler=...), RunConfig(stop=...); Tuner.restore(scheduler=..., "
+                "stop=...)), never without: its stopped trials would run on."
+            )
         self._save(force=True)
         self._progress = ProgressTracker(
             self.definition.name,

@@ -95,6 +95,10 @@ def test_a_restore_with_another_scheduler_or_settings_is_refused(tmp_path):
         )
         with pytest.raises(DecisionStateMismatchError):
             controller.run()
+    # Nor without any: its stopped trials would run on (the silent fallback to FIFO).
+    _, controller = make_controller(url, bowl, {"x": tune.grid_search(XS)})
+    with pytest.raises(DecisionStateMismatchError, match="same one"):
+        controller.run()
     assert (tmp_path / "exp" / DECISIONS_FILE).read_bytes() == before
     # The same scheduler restores: nothing runs again.
     store, again = run(url, scheduler=asha())
