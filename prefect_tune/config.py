@@ -307,13 +307,7 @@ class RunConfig:
         from prefect_tune.stopper import Stopper  # the stoppers import the engine, and it us
 
         if isinstance(self.stop, Stopper):
-            raise _fail(
-                "RunConfig",
-                "stop",
-                f"{type(self.stop).__name__} is a decision core only in this version: "
-                f"RunConfig(stop=Stopper) lands next. Until then it is refused rather than run "
-                f"on each worker apart; pass a dict or a function (trial_id, result) -> bool.",
-            )
+            return  # judged by the driver's decision desk
         if self.stop is not None and not callable(self.stop) and not _is_stop_dict(self.stop):
             raise _fail(
                 "RunConfig",
@@ -325,7 +319,12 @@ class RunConfig:
 
 def _check_decision_cores(search_alg: Any, scheduler: Any) -> None:
     # Imported here: the schedulers and searchers import the engine, which imports this module.
-    from prefect_tune.schedulers import FIFOScheduler, TrialScheduler
+    from prefect_tune.schedulers import (
+        ASHAScheduler,
+        FIFOScheduler,
+        MedianStoppingRule,
+        TrialScheduler,
+    )
     from prefect_tune.search import BasicVariantGenerator, Searcher
 
     later = (
@@ -339,7 +338,7 @@ def _check_decision_cores(search_alg: Any, scheduler: Any) -> None:
                 "scheduler",
                 f"must be a scheduler from prefect_tune.schedulers, got {type(scheduler).__name__}.",
             )
-        if type(scheduler) is not FIFOScheduler:
+        if not isinstance(scheduler, (FIFOScheduler, ASHAScheduler, MedianStoppingRule)):
             raise _fail("TuneConfig", "scheduler", f"{type(scheduler).__name__} {later} FIFO.")
     if search_alg is not None:
         if not isinstance(search_alg, Searcher):

@@ -288,6 +288,8 @@ class Tuner:
         storage_options: dict[str, Any] | None = None,
         storage: TuneStorage | None = None,
         task_runner: TaskRunner[Any] | None = None,
+        scheduler: Any = None,
+        stop: Any = None,
     ) -> Tuner:
         """A Tuner that continues the experiment stored at ``path``, with Ray Tune's flags.
 
@@ -297,6 +299,10 @@ class Tuner:
         Args:
             path: The experiment's directory: a local/NFS path or a URL (``s3://b/exp``).
             trainable: The same trainable (functions are not stored).
+            scheduler: The same ``TuneConfig.scheduler`` it ran with (schedulers are code,
+                not stored; their decisions are, and are checked against it:
+                ``DecisionStateMismatchError`` when it differs or is missing).
+            stop: The same ``RunConfig(stop=Stopper)`` it ran with, likewise.
             resume_unfinished: Run trials that were pending, running or paused.
             resume_errored: Resume errored trials from their latest checkpoint.
             restart_errored: Run errored trials again from scratch (wins over resume_errored).
@@ -329,14 +335,17 @@ class Tuner:
             max_concurrent_trials=tc.get("max_concurrent_trials"),
             seed=definition.seed,
             time_budget_s=tc.get("time_budget_s"),
+            scheduler=scheduler,
         )
         run_config = RunConfig(
             name=definition.name,
             checkpoint_config=CheckpointConfig(**definition.checkpoint_config),
             failure_config=FailureConfig(**definition.failure_config),
-            stop=definition.stop if isinstance(definition.stop, dict) else None,
+            stop=stop
+            if stop is not None
+            else (definition.stop if isinstance(definition.stop, dict) else None),
         )
-        if definition.stop is not None and not isinstance(definition.stop, dict):
+        if stop is None and definition.stop is not None and not isinstance(definition.stop, dict):
             logger.warning(
                 "The experiment stopped trials with %s, which cannot be stored; restored trials "
                 "run without it.",
@@ -419,6 +428,7 @@ class Tuner:
                 checkpoint_config=rc.checkpoint_config,
                 failure_config=rc.failure_config,
                 stop=rc.stop,
+                scheduler=self.tune_config.scheduler,
                 max_concurrent_trials=self.tune_config.max_concurrent_trials,
                 time_budget_s=self.tune_config.time_budget_s,
                 policy=policy,

@@ -121,6 +121,7 @@ def make_controller(
     failure_config: FailureConfig | None = None,
     stop: Any = None,
     policy: ResumePolicy | None = None,
+    scheduler: Any = None,
 ) -> tuple[ExperimentStore, TuneController]:
     """The controller of the experiment at ``where`` (a URL or a spec) over ``space``, its
     definition written when none is stored, running trials in threads of this process."""
@@ -151,6 +152,7 @@ def make_controller(
         checkpoint_config=checkpoint_config or CheckpointConfig(),
         failure_config=failure_config or FailureConfig(),
         stop=stop,
+        scheduler=scheduler,
         policy=policy,
         trainable_name=trainable.__name__,
     )

@@ -163,3 +163,32 @@ def interrupted(config: dict[str, Any]) -> None:
 def returns_without_reporting(config: dict[str, Any]) -> None:
     """Does its work and returns without calling ``report()`` (a ported Ray script that still
     calls Ray's report does that)."""
+
+
+BOWL_STEPS = 27
+
+
+def bowl(config):
+    """loss = (x - 0.3)^2 + 1/step, for ``steps`` (default 27) steps: every step ranks trials
+    alike, and the optimum is x = 0.3. Checkpoints every step; appends each step it runs to
+    ``side_log`` (a file), if given."""
+    import os
+    import tempfile
+
+    start = tune.get_checkpoint()
+    step = 0
+    if start is not None:
+        with start.as_directory() as d, open(os.path.join(d, "step")) as f:
+            step = int(f.read())
+    while step < config.get("steps", BOWL_STEPS):
+        step += 1
+        if config.get("side_log"):
+            with open(config["side_log"], "a") as log:
+                log.write(f"{config['x']} {step}\n")
+        with tempfile.TemporaryDirectory() as d:
+            with open(os.path.join(d, "step"), "w") as f:
+                f.write(str(step))
+            tune.report(
+                {"loss": (config["x"] - 0.3) ** 2 + 1.0 / step, "step": step},
+                checkpoint=tune.Checkpoint.from_directory(d),
+            )

@@ -13,11 +13,12 @@ from typing import Any
 
 from prefect_tune.config import CheckpointConfig, FailureConfig
 from prefect_tune.engine._control import Decision
-from prefect_tune.engine._executor import TrialExecutor
+from prefect_tune.engine._decisions import DECISIONS_FILE, DecisionDesk, DeskControl
+from prefect_tune.engine._executor import ThreadTrialExecutor, TrialExecutor
 from prefect_tune.engine._progress import ExperimentObserver, ProgressTracker
 from prefect_tune.engine._search import BasicVariantGenerator
 from prefect_tune.engine._trial_run import TrialOutcome, TrialRequest
-from prefect_tune.exceptions import TrialError
+from prefect_tune.exceptions import ConfigError, DecisionStateMismatchError, TrialError
 from prefect_tune.state import (
     DEFAULT_LEASE_TTL_S,
     ExperimentDefinition,
@@ -84,7 +85,11 @@ class TuneController:
         executor: Where trials run.
         checkpoint_config: Passed to every trial.
         failure_config: Retries and fail-fast.
-        stop: ``RunConfig.stop``.
+        stop: ``RunConfig.stop`` (a dict, a function, or a ``Stopper``, which the driver's
+            decision desk asks about every result).
+        scheduler: ``TuneConfig.scheduler`` (None: FIFO). A scheduler or a ``Stopper`` runs
+            only with an executor that runs trials in this process (``ThreadTrialExecutor``)
+            in this version; its state is stored with the experiment and checked on restore.
         max_concurrent_trials: At most this many trials submitted at once (default: twice the
             executor's capacity, half of them waiting in its queue).
         time_budget_s: No new trials after this many seconds; running ones stop at their next
@@ -121,6 +126,7 @@ class TuneController:
         checkpoint_config: CheckpointConfig,
         failure_config: FailureConfig,
         stop: Any = None,
+        scheduler: Any = None,
         max_concurrent_trials: int | None = None,
         time_budget_s: float | None = None,
         policy: ResumePolicy | None = None,
@@ -145,6 +151,9 @@ class TuneController:
         self.checkpoint_config = checkpoint_config
         self.failure_config = failure_config
         self.stop = stop
+        self.decisions = self._desk(stop, scheduler, executor, store)
+        if self.decisions is not None:
+            self.stop = None  # the Stopper is the desk's
         self.max_concurrent = max_concurrent_trials
         self.time_budget_s = time_budget_s
         self.policy = policy or ResumePolicy()
@@ -182,6 +191,53 @@ class TuneController:
         self._save_cost = 0.0
         self._dirty = False
         self._fail_fast_error: TrialError | None = None
+        self._channel: Any = None  # the desk's Dask channel, while trials run on Dask
+        self._submissions = 0
+
+    @staticmethod
+    def _desk(stop: Any, scheduler: Any, executor: Any, store: ExperimentStore) -> Any:
+        from prefect_tune.schedulers import FIFOScheduler
+        from prefect_tune.stopper import Stopper
+
+        stopper = stop if isinstance(stop, Stopper) else None
+        if type(scheduler) is FIFOScheduler:
+            scheduler = None
+        if stopper is None and scheduler is None:
+            return None
+        if not isinstance(executor, ThreadTrialExecutor) and not hasattr(executor, "dask_client"):
+            raise ConfigError(
+                "A scheduler or a Stopper needs trials run in the driver's process "
+                f"(ThreadTrialExecutor) or on Dask, not with {type(executor).__name__}."
+            )
+        return DeskControl(DecisionDesk(scheduler=scheduler, stopper=stopper), store.storage)
+
+    def _open_channel(self) -> None:
+        """On Dask, rows come up and decisions go down the desk's channel; trials run in this
+        process (threads) call the desk directly."""
+        client = getattr(self.executor, "dask_client", lambda: None)()
+        if self.decisions is not None and client is not None:
+            from prefect_tune.engine._channel import DaskDeskChannel
+
+            topic = f"prefect-tune-decisions-{self.definition.experiment_id}-{self.lease.owner}"
+            self._channel = DaskDeskChannel(self.decisions, client, topic)
+
+    def _trial_control(self) -> Any:
+        if self._channel is not None:
+            self._submissions += 1
+            return self._channel.control(self._submissions)
+        return self.decisions
+
+    def _load_decisions(self) -> None:
+        """Gives the scheduler the experiment's metric and takes back the stored decisions."""
+        scheduler = self.decisions.desk.scheduler
+        if scheduler is not None and not scheduler.set_search_properties(
+            self.definition.metric, self.definition.mode
+        ):
+            raise ConfigError(
+                f"{type(scheduler).__name__} has a metric or mode of its own and TuneConfig "
+                "gives them too: set them in one place only."
+            )
+        self.decisions.load()
 
     # -- trial table ---------------------------------------------------------------------------
 
@@ -334,8 +390,12 @@ class TuneController:
                 # so none of their files outlive an overwrite.
                 if self.prepare is not None:
                     self.definition, self.generator = self.prepare()
+                self._open_channel()
                 return self._run()
             finally:
+                if self._channel is not None:
+                    self._channel.close()
+                    self._channel = None
                 self.executor.close()
         finally:
             self.lease.release()
@@ -354,6 +414,15 @@ class TuneController:
 
     def _run(self) -> list[PackedSummary]:
         self._load()
+        if self.decisions is not None:
+            self._load_decisions()
+        elif self.store.storage.exists(DECISIONS_FILE):
+            raise DecisionStateMismatchError(
+                "The experiment was run with a scheduler or a Stopper (its decisions are "
+                f"stored in {DECISIONS_FILE}); restore it with the same one "
+                "(TuneConfig(scheduler=...), RunConfig(stop=...); Tuner.restore(scheduler=..., "
+                "stop=...)), never without: its stopped trials would run on."
+            )
         self._save(force=True)
         self._progress = ProgressTracker(
             self.definition.name,
@@ -395,6 +464,8 @@ class TuneController:
                 and not self._delayed
                 and not self._has_more_trials()
             )
+            if self._channel is not None:
+                self._channel.drain()  # the last rows of the last trials, judged and stored
             self._save(force=True)
             self._observe(done=True)
         if self._fail_fast_error is not None and self.failure_config.fail_fast == "raise":
@@ -414,6 +485,15 @@ class TuneController:
             return False
         self._packed.pop(trial.index, None)
         self._live[trial.index] = trial
+        if self.decisions is not None:
+            if self.decisions.is_stopped(trial.trial_id):
+                # Stopped by a decision stored before its driver died: it never runs again.
+                trial.status = TrialStatus.TERMINATED
+                self.store.write_trial(trial)
+                self._finish(trial)
+                self._dirty = True
+                return True
+            self.decisions.on_trial_add(trial.trial_id, trial.config)
         request = TrialRequest(
             experiment=self.store.storage.spec,
             experiment_name=self.definition.name,
@@ -428,6 +508,7 @@ class TuneController:
             flow_run_id=self.flow_run.flow_run_id if self.flow_run else None,
             lease_owner=self.lease.owner,
             fence_interval_s=self.fence_interval_s,
+            decisions=self._trial_control(),
         )
         trial.status = TrialStatus.RUNNING
         handle = self.executor.submit(request)
@@ -534,6 +615,8 @@ class TuneController:
         # Rewriting a large snapshot too often would dominate; space saves by their own cost.
         if not force and now - self._last_save < max(self.save_interval, 10 * self._save_cost):
             return
+        if self.decisions is not None:
+            self.decisions.save()  # first: the snapshot must not be ahead of the decisions
         self.store.write_state(self.state, self._rows())
         self._save_cost = time.monotonic() - now
         self._last_save = time.monotonic()

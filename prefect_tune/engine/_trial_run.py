@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prefect_tune.config import CheckpointConfig
-from prefect_tune.engine._control import Decision, StopCriteria, TrialStopped
+from prefect_tune.engine._control import Decision, StopCriteria, TrialControl, TrialStopped
 from prefect_tune.engine._fence import CommitFence, ExperimentFence
 from prefect_tune.engine._session import TrialContext, TrialSession, activated
 from prefect_tune.exceptions import TrialError, WorkerLostError
@@ -51,6 +51,8 @@ class TrialRequest:
     result_flush_interval_s: float = 5.0
     lease_owner: str | None = None
     fence_interval_s: float = 2.0
+    #: The driver's decision desk (scheduler, Stopper), shared in this process; None: none.
+    decisions: Any = None
 
     def __repr__(self) -> str:
         return f"TrialRequest({self.trial.trial_id!r}, experiment={self.experiment_name!r})"
@@ -184,13 +186,16 @@ def run_trial(request: TrialRequest, task_run_id: str | None = None) -> TrialOut
         trial_index=trial.index,
         attempt=trial.attempts[-1].attempt,
     )
+    controls: list[TrialControl] = [StopCriteria(request.stop, request.deadline), fence]
+    if request.decisions is not None:
+        controls.append(request.decisions)
     session = TrialSession(
         store,
         trial,
         context,
         metric=request.metric,
         checkpoint_config=request.checkpoint_config,
-        controls=[StopCriteria(request.stop, request.deadline), fence],
+        controls=controls,
         fence=CommitFence(fence.check, window_s=request.fence_interval_s / 2),
         result_flush_interval_s=request.result_flush_interval_s,
     )
@@ -213,6 +218,9 @@ def run_trial(request: TrialRequest, task_run_id: str | None = None) -> TrialOut
         ) from exc
     finally:
         session.close()
+        closing = getattr(request.decisions, "close", None)
+        if closing is not None:
+            closing(trial.trial_id)
     if decision is Decision.ABANDON or fence.check() is Decision.ABANDON:
         return TrialOutcome(trial=trial, decision=Decision.ABANDON)
     session.flush()

@@ -134,6 +134,10 @@ class PrefectTaskExecutor(QueueingExecutor):
                 type(runner).__name__,
             )
 
+    def dask_client(self) -> Any:
+        """The Dask client of the started runner (None when it is not a DaskTaskRunner)."""
+        return self._client
+
     def _workers(self) -> dict[str, Any]:
         return dict(self._client.scheduler_info(n_workers=-1)["workers"])
 
