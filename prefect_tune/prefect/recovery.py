@@ -81,9 +81,9 @@ def refuse_crash_loop(experiment: str, max_crashes: int) -> int:
     Returns:
         The number of crashed runs in a row before this one.
     """
-    from prefect.runtime import flow_run
+    from prefect.runtime import deployment, flow_run
 
-    deployment_id = flow_run.deployment_id
+    deployment_id = deployment.id
     if not deployment_id or max_crashes <= 0:
         return 0
     crashed = consecutive_crashes(flow_run.name, str(deployment_id), str(flow_run.id))
