@@ -43,7 +43,7 @@ def consecutive_crashes(flow_run_name: str, deployment_id: str, exclude_id: str)
     """How many of the latest runs named ``flow_run_name`` of the deployment crashed in a row.
 
     Counts from the newest run backwards (``exclude_id``, the current run, left out) and stops at
-    the first run that did not crash, so a completed or failed run resets the count.
+    the first run that completed or failed, so such a run (a refusal included) resets the count.
     """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
@@ -65,8 +65,10 @@ def consecutive_crashes(flow_run_name: str, deployment_id: str, exclude_id: str)
     for run in runs:
         if str(run.id) == str(exclude_id) or run.state is None:
             continue
-        if run.state.is_scheduled() or run.state.is_pending() or run.state.is_running():
-            continue  # a run not finished yet (a queued re-run) says nothing about crashes
+        if not run.state.is_final() or run.state.is_cancelled():
+            # Not finished yet (a queued re-run), or cancelled before it ran (the deployment's
+            # CANCEL_NEW collision strategy): neither says anything about crashes.
+            continue
         if not run.state.is_crashed():
             break
         crashed += 1

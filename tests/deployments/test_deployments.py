@@ -135,3 +135,39 @@ def test_a_killed_run_is_run_again_and_resumes(stack: Stack, client: Any) -> Non
     assert rerun.state.is_completed(), rerun.state
     assert rerun.parameters["name"] == f"crash-{_today()}"
     assert rerun.parameters["storage_path"] == storage
+
+
+def test_after_crashes_in_a_row_the_resume_stops_and_says_why(stack: Stack, client: Any) -> None:
+    from prefect.states import Crashed, Running
+
+    storage = os.path.join(stack.storage, "loop")
+    nightly = client.read_deployment_by_name("tune-digits/nightly")
+    parameters = {**nightly.parameters, "storage_path": storage, "name": "loop-{date}",
+                  "num_samples": 1, "epochs": 2, "max_concurrent_trials": 1}
+    flow_run_name = f"tune-loop-{_today()}"
+    crashed = [
+        client.create_flow_run_from_deployment(
+            nightly.id, parameters=parameters, name=flow_run_name, state=Running()
+        )
+        for _ in range(3)
+    ]
+    for run in crashed:  # as a worker reports a flow run process that died
+        client.set_flow_run_state(run.id, Crashed(message="process killed"), force=True)
+
+    crashed_ids = {r.id for r in crashed}
+    deadline = time.monotonic() + 240
+    while True:
+        runs = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[nightly.id])),
+        )
+        reruns = [r for r in runs if r.name == flow_run_name and r.id not in crashed_ids]
+        if reruns and all(r.state and r.state.is_final() for r in reruns):
+            break
+        assert time.monotonic() < deadline, f"re-runs not final: {[r.state for r in reruns]}"
+        time.sleep(1)
+    failed = [r for r in reruns if r.state.is_failed()]
+    assert failed, [r.state for r in reruns]
+    assert not [r for r in reruns if r.state.is_completed()], [r.state for r in reruns]
+    assert "crashed in a row" in failed[0].state.message, failed[0].state.message
+    assert "CrashLoopError" in failed[0].state.message, failed[0].state.message
+    assert not os.path.exists(os.path.join(storage, f"loop-{_today()}"))
