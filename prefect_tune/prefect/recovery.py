@@ -10,6 +10,7 @@ not CRASHED, so the trigger does not fire again) and says why.
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 
 from prefect_tune.exceptions import ConfigError, CrashLoopError
 
@@ -57,7 +58,7 @@ def consecutive_crashes(flow_run_name: str, deployment_id: str, exclude_id: str)
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
             flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[flow_run_name])),
-            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[uuid.UUID(deployment_id)])),
             sort=FlowRunSort.EXPECTED_START_TIME_DESC,
             limit=50,
         )

@@ -58,6 +58,36 @@ def _prefect(env: dict[str, str], *args: str) -> str:
 
 
 @pytest.fixture(scope="package")
+def nightly_run(stack: Stack) -> Any:
+    """One finished run of ``tune-digits/nightly`` with small parameters (shared by the tests
+    that look at what it left: the experiment, its artifacts, events, the UI)."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    storage = os.path.join(stack.storage, "nightly")
+    with temporary_settings(updates={PREFECT_API_URL: stack.api_url}):
+        run = run_deployment(
+            "tune-digits/nightly",
+            parameters={
+                "storage_path": storage,
+                "num_samples": 1,
+                "epochs": 2,
+                "max_concurrent_trials": 1,
+            },
+            timeout=0,
+        )
+        with get_client(sync_client=True) as client:
+            deadline = time.monotonic() + 300
+            while True:
+                run = client.read_flow_run(run.id)
+                if run.state is not None and run.state.is_final():
+                    return run
+                assert time.monotonic() < deadline, f"{run.name} still {run.state} after 300 s"
+                time.sleep(1)
+
+
+@pytest.fixture(scope="package")
 def stack() -> Iterator[Stack]:
     root = tempfile.mkdtemp(prefix="prefect-tune-deploy-")
     port = _free_port()
@@ -75,10 +105,13 @@ def stack() -> Iterator[Stack]:
         PREFECT_LOGGING_LEVEL="INFO",
     )
     env.pop("PREFECT_PROFILES_PATH", None)
-    server_log = open(os.path.join(root, "server.log"), "w")
+    server_log = open(os.path.join(root, "server.log"), "w")  # noqa: SIM115 (open while the server runs)
     server = subprocess.Popen(
         [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=server_log, stderr=subprocess.STDOUT, cwd=root,
+        env=env,
+        stdout=server_log,
+        stderr=subprocess.STDOUT,
+        cwd=root,
     )
     worker = None
     try:
@@ -97,10 +130,13 @@ def stack() -> Iterator[Stack]:
         _prefect(
             env, "--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml"
         )
-        worker_log = open(os.path.join(root, "worker.log"), "w")
+        worker_log = open(os.path.join(root, "worker.log"), "w")  # noqa: SIM115 (open while the worker runs)
         worker = subprocess.Popen(
             [PREFECT, "worker", "start", "--pool", "tune-pool"],
-            env=env, stdout=worker_log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+            env=env,
+            stdout=worker_log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO_ROOT,
         )
         print(f"prefect server {api_url}, logs in {root}")
         yield Stack(api_url, f"http://127.0.0.1:{port}", env, os.path.join(root, "results"))

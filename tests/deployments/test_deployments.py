@@ -20,9 +20,11 @@ from tests.deployments.conftest import Stack
 
 @pytest.fixture
 def client(stack: Stack) -> Iterator[Any]:
-    with temporary_settings(updates={PREFECT_API_URL: stack.api_url}):
-        with get_client(sync_client=True) as c:
-            yield c
+    with (
+        temporary_settings(updates={PREFECT_API_URL: stack.api_url}),
+        get_client(sync_client=True) as c,
+    ):
+        yield c
 
 
 def _wait_final(client: Any, flow_run_id: Any, timeout: float = 300) -> Any:
@@ -55,21 +57,11 @@ def test_deployments_carry_schedule_concurrency_and_triggers(stack: Stack, clien
     assert infer.work_pool_name == "tune-pool"
 
 
-def test_nightly_run_makes_the_dated_experiment(stack: Stack, client: Any) -> None:
-    from prefect.deployments import run_deployment
-
-    storage = os.path.join(stack.storage, "nightly")
-    with temporary_settings(updates={PREFECT_API_URL: stack.api_url}):
-        run = run_deployment(
-            "tune-digits/nightly",
-            parameters={"storage_path": storage, "num_samples": 1, "epochs": 2,
-                        "max_concurrent_trials": 1},
-            timeout=0,
-        )
-    run = _wait_final(client, run.id)
-    assert run.state.is_completed(), run.state
-    assert run.name == f"tune-digits-{_today()}"
-    assert os.path.isdir(os.path.join(storage, f"digits-{_today()}"))
+def test_nightly_run_makes_the_dated_experiment(stack: Stack, nightly_run: Any) -> None:
+    assert nightly_run.state.is_completed(), nightly_run.state
+    assert nightly_run.name == f"tune-digits-{_today()}"
+    assert nightly_run.parameters["name"] == "digits-{date}"
+    assert os.path.isdir(os.path.join(stack.storage, "nightly", f"digits-{_today()}"))
 
 
 def _flow_run_pid(flow_run_id: Any) -> int | None:
@@ -97,8 +89,13 @@ def test_a_killed_run_is_run_again_and_resumes(stack: Stack, client: Any) -> Non
     with temporary_settings(updates={PREFECT_API_URL: stack.api_url}):
         first = run_deployment(
             "tune-digits/nightly",
-            parameters={"storage_path": storage, "name": name, "num_samples": 1,
-                        "epochs": 40, "max_concurrent_trials": 1},
+            parameters={
+                "storage_path": storage,
+                "name": name,
+                "num_samples": 1,
+                "epochs": 40,
+                "max_concurrent_trials": 1,
+            },
             timeout=0,
         )
     experiment = os.path.join(storage, f"crash-{_today()}")
@@ -108,8 +105,9 @@ def test_a_killed_run_is_run_again_and_resumes(stack: Stack, client: Any) -> Non
         run = client.read_flow_run(first.id)
         assert not (run.state and run.state.is_final()), f"ended before the kill: {run.state}"
         pid = pid or _flow_run_pid(first.id)
-        checkpoints = [d for _, ds, _ in os.walk(experiment) for d in ds
-                       if d.startswith("checkpoint")]
+        checkpoints = [
+            d for _, ds, _ in os.walk(experiment) for d in ds if d.startswith("checkpoint")
+        ]
         if pid and checkpoints:
             break
         assert time.monotonic() < deadline, "no checkpoint written in 240 s"
@@ -142,8 +140,14 @@ def test_after_crashes_in_a_row_the_resume_stops_and_says_why(stack: Stack, clie
 
     storage = os.path.join(stack.storage, "loop")
     nightly = client.read_deployment_by_name("tune-digits/nightly")
-    parameters = {**nightly.parameters, "storage_path": storage, "name": "loop-{date}",
-                  "num_samples": 1, "epochs": 2, "max_concurrent_trials": 1}
+    parameters = {
+        **nightly.parameters,
+        "storage_path": storage,
+        "name": "loop-{date}",
+        "num_samples": 1,
+        "epochs": 2,
+        "max_concurrent_trials": 1,
+    }
     flow_run_name = f"tune-loop-{_today()}"
     crashed = [
         client.create_flow_run_from_deployment(
