@@ -58,7 +58,9 @@ def consecutive_crashes(flow_run_name: str, deployment_id: str, exclude_id: str)
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
             flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[flow_run_name])),
-            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[uuid.UUID(deployment_id)])),
+            deployment_filter=DeploymentFilter(
+                id=DeploymentFilterId(any_=[uuid.UUID(deployment_id)])
+            ),
             sort=FlowRunSort.EXPECTED_START_TIME_DESC,
             limit=50,
         )
