@@ -37,7 +37,10 @@ from prefect_tune import (
     RunConfig,
     TuneConfig,
     Tuner,
+    TuneStorage,
 )
+from prefect_tune.exceptions import ConfigError
+from prefect_tune.prefect.recovery import refuse_crash_loop, resolve_name
 
 MODEL_FILE = "model.pkl"
 PROGRESS_FILE = "progress.json"
@@ -131,30 +134,66 @@ def trials_table(results: ResultGrid) -> str:
     return table.to_string(index=False, float_format=lambda v: f"{v:.4g}")
 
 
-@flow(name="tune-digits", flow_run_name="tune-{name}", log_prints=True)
+def experiment_name() -> str:
+    """The experiment's name for this flow run: ``name`` with ``{date}`` resolved.
+
+    The date is the UTC date of the run's scheduled start, so a nightly run is named after its
+    night even when it starts late, and a re-run of a crashed run keeps its name.
+    """
+    from prefect.runtime import flow_run
+
+    return resolve_name(flow_run.parameters.get("name", "digits"), flow_run.scheduled_start_time)
+
+
+def flow_run_name() -> str:
+    return f"tune-{experiment_name()}"
+
+
+@flow(name="tune-digits", flow_run_name=flow_run_name, log_prints=True)
 def tune_digits(
-    storage_path: str = "~/prefect_tune_results",
+    storage_path: str | None = "~/prefect_tune_results",
     name: str = "digits",
     num_samples: int = 4,
     epochs: int = 10,
     max_concurrent_trials: int = 2,
     dask_address: str | None = None,
+    storage_block: str | None = None,
+    max_crash_resumes: int = 3,
 ) -> dict[str, Any]:
     """Tunes the digits classifier, then scores the best checkpoint on the held-out test split.
 
     Args:
         storage_path: Where experiments are stored: a local or NFS path, or an fsspec URL.
-        name: The experiment's name, its directory under ``storage_path``.
+            Ignored (may be None) when ``storage_block`` is given.
+        name: The experiment's name, its directory under ``storage_path``. ``{date}`` in it is
+            replaced by the UTC date of the run's scheduled start (``digits-{date}``: a new
+            experiment every night; a re-run the same day resumes that day's experiment).
         num_samples: Samples of the search space; each is run for both grid values of
             ``penalty``, so this makes ``2 * num_samples`` trials.
         epochs: Epochs (reports, checkpoints) per trial.
         max_concurrent_trials: Trials running at once.
         dask_address: A running Dask scheduler (``tcp://host:8786``); a local cluster when None.
+        storage_block: Name of a saved :class:`~prefect_tune.TuneStorage` block holding the
+            experiments (with its credentials), instead of ``storage_path``.
+        max_crash_resumes: In a deployment, refuse to run (``CrashLoopError``) after this many
+            crashed runs in a row of this experiment; 0 never refuses.
 
     Returns:
         The experiment path, the best trial's config and metrics, its checkpoint and test accuracy.
     """
-    storage_path = os.path.expanduser(storage_path)
+    # A deployment trigger renders every parameter as text: an unset one comes back as "None".
+    storage_block = None if storage_block in (None, "", "None") else storage_block
+    dask_address = None if dask_address in (None, "", "None") else dask_address
+    name = experiment_name()
+    refuse_crash_loop(name, max_crash_resumes)
+    storage: TuneStorage | None = None
+    if storage_block is not None:
+        storage = TuneStorage.load(storage_block)
+        storage_path = None
+    elif storage_path is None:
+        raise ConfigError("tune_digits: give storage_path or storage_block.")
+    else:
+        storage_path = os.path.expanduser(storage_path)
     task_runner = None
     if dask_address is not None:
         from prefect_dask import DaskTaskRunner
@@ -180,6 +219,7 @@ def tune_digits(
         run_config=RunConfig(
             name=name,
             storage_path=storage_path,
+            storage=storage,
             checkpoint_config=CheckpointConfig(
                 num_to_keep=2,
                 checkpoint_score_attribute=METRIC,
@@ -254,6 +294,9 @@ def main() -> int:
     parser.add_argument(
         "--dask-address", default=None, help="Dask scheduler address; a local cluster if omitted"
     )
+    parser.add_argument(
+        "--storage-block", default=None, help="name of a saved TuneStorage block (not the path)"
+    )
     args = parser.parse_args()
     summary = tune_digits(
         storage_path=args.storage_path,
@@ -262,6 +305,7 @@ def main() -> int:
         epochs=args.epochs,
         max_concurrent_trials=args.max_concurrent_trials,
         dask_address=args.dask_address,
+        storage_block=args.storage_block,
     )
     return 1 if summary["num_errors"] else 0
 

@@ -39,6 +39,7 @@ __all__ = [
     "TrialsErroredError",
     "SessionError",
     "PrefectAPIUnreachableError",
+    "CrashLoopError",
 ]
 
 
@@ -200,3 +201,8 @@ class SessionError(PrefectTuneError, RuntimeError):
 class PrefectAPIUnreachableError(PrefectTuneError, ConnectionError):
     """A Dask worker cannot reach the Prefect API the experiment reports to (a temporary API
     on the driver's host seen from a worker on another host, a firewall, a wrong URL)."""
+
+
+class CrashLoopError(PrefectTuneError, RuntimeError):
+    """The experiment's last runs of this deployment all crashed (their process died): the
+    automatic resume after a crash stops here, so a person can look before it runs again."""

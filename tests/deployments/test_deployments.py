@@ -1,0 +1,177 @@
+"""The example deployments on a real Prefect server and worker: deploy, schedule, run, crash."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter
+from prefect.client.schemas.sorting import FlowRunSort
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from tests.deployments.conftest import Stack
+
+
+@pytest.fixture
+def client(stack: Stack) -> Iterator[Any]:
+    with (
+        temporary_settings(updates={PREFECT_API_URL: stack.api_url}),
+        get_client(sync_client=True) as c,
+    ):
+        yield c
+
+
+def _wait_final(client: Any, flow_run_id: Any, timeout: float = 300) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        run = client.read_flow_run(flow_run_id)
+        if run.state is not None and run.state.is_final():
+            return run
+        assert time.monotonic() < deadline, f"flow run {run.name} still {run.state}"
+        time.sleep(1)
+
+
+def _today() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
+
+
+def test_deployments_carry_schedule_concurrency_and_triggers(stack: Stack, client: Any) -> None:
+    nightly = client.read_deployment_by_name("tune-digits/nightly")
+    assert nightly.work_pool_name == "tune-pool"
+    assert [s.schedule.cron for s in nightly.schedules] == ["0 2 * * *"]
+    assert nightly.schedules[0].active
+    assert nightly.global_concurrency_limit is not None
+    assert nightly.global_concurrency_limit.limit == 1
+    assert str(nightly.concurrency_options.collision_strategy.value) == "CANCEL_NEW"
+    assert nightly.parameters["name"] == "digits-{date}"
+    automations = {a.name: a for a in client.read_automations()}
+    assert "tune-digits-resume-after-crash" in automations
+    assert "digits-batch-inference-on-experiment-completed" in automations
+    infer = client.read_deployment_by_name("digits-batch-inference/on-experiment-completed")
+    assert infer.work_pool_name == "tune-pool"
+
+
+def test_nightly_run_makes_the_dated_experiment(stack: Stack, nightly_run: Any) -> None:
+    assert nightly_run.state.is_completed(), nightly_run.state
+    assert nightly_run.name == f"tune-digits-{_today()}"
+    assert nightly_run.parameters["name"] == "digits-{date}"
+    assert os.path.isdir(os.path.join(stack.storage, "nightly", f"digits-{_today()}"))
+
+
+def _flow_run_pid(flow_run_id: Any) -> int | None:
+    """The pid of the process the worker started for the flow run (its env names the run)."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                environ = f.read().split(b"\0")
+        except OSError:
+            continue
+        if f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode() in environ:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"prefect" in f.read():
+                    return int(pid)
+    return None
+
+
+def test_a_killed_run_is_run_again_and_resumes(stack: Stack, client: Any) -> None:
+    from prefect.deployments import run_deployment
+
+    storage = os.path.join(stack.storage, "crash")
+    name = "crash-{date}"
+    with temporary_settings(updates={PREFECT_API_URL: stack.api_url}):
+        first = run_deployment(
+            "tune-digits/nightly",
+            parameters={
+                "storage_path": storage,
+                "name": name,
+                "num_samples": 1,
+                "epochs": 40,
+                "max_concurrent_trials": 1,
+            },
+            timeout=0,
+        )
+    experiment = os.path.join(storage, f"crash-{_today()}")
+    deadline = time.monotonic() + 240
+    pid = None
+    while True:  # kill it once a trial has committed a checkpoint
+        run = client.read_flow_run(first.id)
+        assert not (run.state and run.state.is_final()), f"ended before the kill: {run.state}"
+        pid = pid or _flow_run_pid(first.id)
+        checkpoints = [
+            d for _, ds, _ in os.walk(experiment) for d in ds if d.startswith("checkpoint")
+        ]
+        if pid and checkpoints:
+            break
+        assert time.monotonic() < deadline, "no checkpoint written in 240 s"
+        time.sleep(0.5)
+    os.kill(pid, signal.SIGKILL)
+    crashed = _wait_final(client, first.id, timeout=120)
+    assert crashed.state.is_crashed(), crashed.state
+
+    deployment_id = crashed.deployment_id
+    deadline = time.monotonic() + 300
+    while True:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(),
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+            sort=FlowRunSort.EXPECTED_START_TIME_DESC,
+        )
+        again = [r for r in runs if r.name == crashed.name and r.id != crashed.id]
+        if again and again[0].state and again[0].state.is_final():
+            break
+        assert time.monotonic() < deadline, f"no completed re-run: {[r.state for r in again]}"
+        time.sleep(1)
+    rerun = again[0]
+    assert rerun.state.is_completed(), rerun.state
+    assert rerun.parameters["name"] == f"crash-{_today()}"
+    assert rerun.parameters["storage_path"] == storage
+
+
+def test_after_crashes_in_a_row_the_resume_stops_and_says_why(stack: Stack, client: Any) -> None:
+    from prefect.states import Crashed, Running
+
+    storage = os.path.join(stack.storage, "loop")
+    nightly = client.read_deployment_by_name("tune-digits/nightly")
+    parameters = {
+        **nightly.parameters,
+        "storage_path": storage,
+        "name": "loop-{date}",
+        "num_samples": 1,
+        "epochs": 2,
+        "max_concurrent_trials": 1,
+    }
+    flow_run_name = f"tune-loop-{_today()}"
+    crashed = [
+        client.create_flow_run_from_deployment(
+            nightly.id, parameters=parameters, name=flow_run_name, state=Running()
+        )
+        for _ in range(3)
+    ]
+    for run in crashed:  # as a worker reports a flow run process that died
+        client.set_flow_run_state(run.id, Crashed(message="process killed"), force=True)
+
+    crashed_ids = {r.id for r in crashed}
+    deadline = time.monotonic() + 240
+    while True:
+        runs = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[nightly.id])),
+        )
+        reruns = [r for r in runs if r.name == flow_run_name and r.id not in crashed_ids]
+        if reruns and all(r.state and r.state.is_final() for r in reruns):
+            break
+        assert time.monotonic() < deadline, f"re-runs not final: {[r.state for r in reruns]}"
+        time.sleep(1)
+    failed = [r for r in reruns if r.state.is_failed()]
+    assert failed, [r.state for r in reruns]
+    assert not [r for r in reruns if r.state.is_completed()], [r.state for r in reruns]
+    assert "crashed in a row" in failed[0].state.message, failed[0].state.message
+    assert "CrashLoopError" in failed[0].state.message, failed[0].state.message
+    assert not os.path.exists(os.path.join(storage, f"loop-{_today()}"))
