@@ -482,7 +482,7 @@ class Tuner:
         return {
             "experiment": definition.name,
             "storage_path": public_url(store.storage.url),
-            "trainable": _trainable_name(self.trainable),
+            "trainable": _qualified_name(self.trainable),
             "metric": definition.metric,
             "mode": definition.mode,
             "num_samples": definition.num_samples,

@@ -23,7 +23,15 @@ from prefect_tune.engine import ExperimentObserver, TuneController
 from prefect_tune.exceptions import TrialsErroredError
 from prefect_tune.prefect._api import workers_use_the_driver_api
 from prefect_tune.prefect._executor import PrefectTaskExecutor
-from prefect_tune.prefect._ui import COMPLETED, FAILED, STARTED, PrefectUIObserver, emit, public_url
+from prefect_tune.prefect._ui import (
+    COMPLETED,
+    FAILED,
+    STARTED,
+    PrefectUIObserver,
+    emit,
+    outcome,
+    public_url,
+)
 from prefect_tune.state import FlowRunRecord, Lease, PackedSummary, TrialStatus
 from prefect_tune.storage import Storage, layout, redact
 
@@ -295,12 +303,25 @@ def run_experiment_flow(
             on_acquired=drivers.sweep,
             observers=[ui],
         )
+        where = public_url(storage.url)
+
+        def failed(error: BaseException, trials: list[PackedSummary] | None) -> None:
+            payload: dict[str, Any] = {"experiment_uri": where, "metric": metric, "mode": mode}
+            if trials is not None:
+                payload = outcome(storage, [t.unpack() for t in trials], metric, mode)
+            payload.update(
+                error_type=type(error).__name__,
+                error=redact(str(error))[:2000],
+                will_retry=record.run_count <= retries,
+            )
+            emit(FAILED, name, record.flow_run_id, payload)
+
         emit(
             STARTED,
             name,
             record.flow_run_id,
             {
-                "experiment_uri": public_url(storage.url),
+                "experiment_uri": where,
                 "metric": metric,
                 "mode": mode,
                 "num_samples": num_samples,
@@ -311,16 +332,7 @@ def run_experiment_flow(
         try:
             trials = controller.run()
         except BaseException as exc:
-            emit(
-                FAILED,
-                name,
-                record.flow_run_id,
-                {
-                    "experiment_uri": public_url(storage.url),
-                    "error_type": type(exc).__name__,
-                    "error": redact(str(exc))[:2000],
-                },
-            )
+            failed(exc, None)
             raise
         finally:
             drivers.withdraw()
@@ -331,18 +343,9 @@ def run_experiment_flow(
                 f"{len(errored)} of {len(trials)} trials of experiment {name!r} errored "
                 f"({listing}). The experiment is stored: a retry or a new run resumes them."
             )
-            emit(
-                FAILED,
-                name,
-                record.flow_run_id,
-                {
-                    **ui.outcome(),
-                    "error_type": type(error).__name__,
-                    "error": redact(str(error))[:2000],
-                },
-            )
+            failed(error, trials)
             raise error
-        emit(COMPLETED, name, record.flow_run_id, ui.outcome())
+        emit(COMPLETED, name, record.flow_run_id, outcome(storage, [t.unpack() for t in trials], metric, mode))
         return _Trials(trials)
 
     experiment.__name__ = "tune_experiment"

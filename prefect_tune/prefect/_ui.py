@@ -25,6 +25,7 @@ import logging
 import math
 import queue
 import re
+import contextvars
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -46,7 +47,7 @@ BEST_UPDATED = f"{EVENT_PREFIX}.best-updated"
 #: Rows of the leaderboard at most.
 LEADERBOARD_ROWS = 100
 #: Seconds the end of a run waits for the last artifacts to be published, at most.
-FLUSH_TIMEOUT_S = 15.0
+FLUSH_TIMEOUT_S = 10.0
 
 _NOT_KEY = re.compile(r"[^a-z0-9]+")
 
@@ -129,25 +130,79 @@ def emit(
 
 
 def _number(value: Any) -> float | None:
+    """``value`` as a finite float, else None (bools, strings, NaN and infinities are none)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return None if math.isnan(value) or math.isinf(value) else float(value)
+    return float(value) if math.isfinite(value) else None
 
 
 def checkpoint_uri(storage: Storage, trial: TrialSummary) -> str | None:
+    """The URI of ``trial``'s latest committed checkpoint, without credentials."""
     if trial.checkpoint is None:
         return None
     return public_url(storage.uri(f"{layout.trial_dir(trial.dir_name)}/{trial.checkpoint}"))
 
 
+def best_trial(
+    rows: Sequence[TrialSummary], metric: str | None, mode: str | None
+) -> TrialSummary | None:
+    """The finished trial with the best finite last value of ``metric``, as
+    ``ResultGrid.get_best_result()`` picks it; None without a metric or such a trial."""
+    if metric is None or mode not in ("min", "max"):
+        return None
+    best: tuple[float, TrialSummary] | None = None
+    for trial in rows:
+        if not trial.status.is_finished():
+            continue
+        value = _number((trial.last_result or {}).get(metric))
+        if value is None:
+            continue
+        if best is None or (value > best[0] if mode == "max" else value < best[0]):
+            best = (value, trial)
+    return best[1] if best else None
+
+
+def outcome(
+    storage: Storage, rows: Sequence[TrialSummary], metric: str | None, mode: str | None
+) -> dict[str, Any]:
+    """The payload of the completed (and failed) event: the whole experiment's outcome, every
+    trial it has, those of earlier runs too."""
+    best = best_trial(rows, metric, mode)
+    return {
+        "experiment_uri": public_url(storage.url),
+        "metric": metric,
+        "mode": mode,
+        "best_trial_id": best.trial_id if best else None,
+        "best_metric_value": _number((best.last_result or {}).get(metric)) if best else None,
+        "checkpoint_uri": checkpoint_uri(storage, best) if best else None,
+        "num_trials": len(rows),
+        "num_terminated": sum(t.status is TrialStatus.TERMINATED for t in rows),
+        "num_errored": sum(t.status is TrialStatus.ERROR for t in rows),
+    }
+
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+!|~])")
+
+
+def _md(text: Any) -> str:
+    """``text`` shown as itself in markdown (a table cell too): no markup, links or HTML."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))[:500]
+
+
 class PrefectUIObserver:
     """Publishes an experiment's progress as artifacts and events of its flow run.
+
+    The controller calls :meth:`on_progress` in its loop; that call only hands the snapshot to
+    a background thread (started in a copy of the driver's context, so it reaches the same
+    Prefect API), which publishes it. At the end of the run the driver waits for the last
+    publication at most `FLUSH_TIMEOUT_S`, and not at all once publishing has failed.
 
     Args:
         name: The experiment's name.
         storage: The experiment's storage (for checkpoint URIs; shown without credentials).
         flow_run_id: The experiment's flow run.
-        artifacts: Whether to publish artifacts (``RunConfig(artifacts=...)``).
+        artifacts: Whether to publish artifacts (``RunConfig(artifacts=...)``); best-updated
+            events are emitted either way.
         interval_s: The least time between two leaderboards, or two best-updated events.
     """
 
@@ -167,23 +222,27 @@ class PrefectUIObserver:
         self.interval_s = interval_s
         self.keys = artifact_keys(name)
         self._progress_id: uuid.UUID | None = None
-        self._best: tuple[str | None, float | None] = (None, None)
-        self._warned = False
-        self._queue: queue.Queue[tuple[Progress, list[TrialSummary]] | None] = queue.Queue()
+        self._best: tuple[str, float | None] | None = None
+        self._failed = threading.Event()
+        self._queue: queue.Queue[tuple[Progress, list[PackedSummary]] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
-        self.last_progress: Progress | None = None
-        self.last_trials: list[TrialSummary] = []
+
+    def __repr__(self) -> str:
+        return f"PrefectUIObserver({self.name!r}, artifacts={self.artifacts})"
 
     # -- the driver's side: quick -------------------------------------------------------------
 
     def on_progress(
         self, progress: Progress, trials: Callable[[], Sequence[PackedSummary]]
     ) -> None:
-        rows = [t.unpack() for t in trials()]
-        self.last_progress, self.last_trials = progress, rows
+        rows = list(trials())  # packed: unpacked on the publishing thread
         if self._thread is None:
+            context = contextvars.copy_context()
             self._thread = threading.Thread(
-                target=self._publish_loop, name="prefect-tune-ui", daemon=True
+                target=context.run,
+                args=(self._publish_loop,),
+                name="prefect-tune-ui",
+                daemon=True,
             )
             self._thread.start()
         # Latest wins: drop what the thread has not taken yet.
@@ -195,54 +254,57 @@ class PrefectUIObserver:
         self._queue.put((progress, rows))
         if progress.done:
             self._queue.put(None)
-            self._thread.join(FLUSH_TIMEOUT_S)
+            if not self._failed.is_set():
+                self._thread.join(FLUSH_TIMEOUT_S)
 
     # -- the background thread ----------------------------------------------------------------
 
     def _publish_loop(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            progress, rows = item
-            try:
-                self._publish(progress, rows)
-            except Exception as exc:
-                self._warn(exc)
+        from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+        # One retry: a server that keeps failing must not hold the last publication for
+        # minutes of backoff while the driver waits for it.
+        with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 1}):
+            while True:
+                item = self._queue.get()
+                if item is None:
+                    return
+                progress, packed = item
+                try:
+                    self._publish(progress, [row.unpack() for row in packed])
+                except Exception as exc:
+                    self._warn(exc)
 
     def _warn(self, exc: BaseException) -> None:
-        if not self._warned:
-            self._warned = True
+        if not self._failed.is_set():
+            self._failed.set()
             logger.warning(
                 "Could not publish the progress of experiment %r to Prefect (%s); the "
                 "experiment goes on, and this is not logged again.",
                 self.name,
-                redact(f"{type(exc).__name__}: {exc}"),
+                redact(f"{type(exc).__name__}: {exc}")[:500],
             )
 
     def _publish(self, progress: Progress, rows: list[TrialSummary]) -> None:
-        if (
-            progress.best_trial_id is not None
-            and (
-                progress.best_trial_id,
-                progress.best_value,
-            )
-            != self._best
-        ):
-            self._best = (progress.best_trial_id, progress.best_value)
-            best = next((t for t in rows if t.trial_id == progress.best_trial_id), None)
-            emit(
-                BEST_UPDATED,
-                self.name,
-                self.flow_run_id,
-                {
-                    "metric": progress.metric,
-                    "mode": progress.mode,
-                    "best_trial_id": progress.best_trial_id,
-                    "best_metric_value": progress.best_value,
-                    "checkpoint_uri": checkpoint_uri(self.storage, best) if best else None,
-                },
-            )
+        best = best_trial(rows, progress.metric, progress.mode)
+        if best is not None:
+            value = _number((best.last_result or {}).get(progress.metric or ""))
+            if self._best != (best.trial_id, value):
+                self._best = (best.trial_id, value)
+                emit(
+                    BEST_UPDATED,
+                    self.name,
+                    self.flow_run_id,
+                    {
+                        "experiment_uri": public_url(self.storage.url),
+                        "metric": progress.metric,
+                        "mode": progress.mode,
+                        "best_trial_id": best.trial_id,
+                        "best_metric_value": value,
+                        "best_config": _jsonable(best.config),
+                        "checkpoint_uri": checkpoint_uri(self.storage, best),
+                    },
+                )
         if not self.artifacts:
             return
         from prefect.client.orchestration import get_client
@@ -250,6 +312,8 @@ class PrefectUIObserver:
 
         flow_run = uuid.UUID(self.flow_run_id) if self.flow_run_id else None
         fraction = 100.0 * progress.finished / progress.total if progress.total else 0.0
+        if progress.done and progress.total is None:
+            fraction = 100.0
         with get_client(sync_client=True) as client:
             if self._progress_id is None:
                 self._progress_id = client.create_artifact(
@@ -257,7 +321,7 @@ class PrefectUIObserver:
                         key=self.keys["progress"],
                         type="progress",
                         data=fraction,
-                        description=f"Trials of experiment {self.name!r} finished.",
+                        description=_md(f"Trials of experiment {self.name} finished (%)."),
                         flow_run_id=flow_run,
                     )
                 ).id
@@ -268,7 +332,11 @@ class PrefectUIObserver:
                     key=self.keys["leaderboard"],
                     type="table",
                     data=json.dumps(self.leaderboard(progress, rows), default=str),
-                    description=f"The best trials of experiment {self.name!r}.",
+                    description=_md(
+                        f"The best trials of experiment {self.name} by their last "
+                        f"{progress.metric or 'result'} ({progress.mode or 'no mode'}), "
+                        f"at most {LEADERBOARD_ROWS}."
+                    ),
                     flow_run_id=flow_run,
                 )
             )
@@ -278,7 +346,7 @@ class PrefectUIObserver:
                         key=self.keys["summary"],
                         type="markdown",
                         data=self.summary(progress, rows),
-                        description=f"The outcome of experiment {self.name!r}.",
+                        description=_md(f"The outcome of experiment {self.name}."),
                         flow_run_id=flow_run,
                     )
                 )
@@ -295,84 +363,92 @@ class PrefectUIObserver:
         return sorted(rows, key=key)
 
     def leaderboard(self, progress: Progress, rows: list[TrialSummary]) -> list[dict[str, Any]]:
-        """The best trials (at most `LEADERBOARD_ROWS`), best first, as table rows."""
-        metric = progress.metric
+        """The best trials (at most `LEADERBOARD_ROWS`) by their last value of the metric,
+        best first, as table rows: ``trial_id``, ``status``, ``config``, ``last_<metric>``,
+        ``best_<metric>``, ``iterations``, ``checkpoint_uri``."""
+        metric = progress.metric or "metric"
         table = []
         for trial in self._ranked(progress, rows)[:LEADERBOARD_ROWS]:
             result = trial.last_result or {}
+            iterations = result.get("training_iteration")
             table.append(
                 {
                     "trial_id": trial.trial_id,
                     "status": trial.status.value,
-                    "config": json.dumps(trial.config, default=str, sort_keys=True),
-                    f"last {metric}" if metric else "last result": (
-                        _number(result.get(metric)) if metric else None
-                    ),
-                    "iterations": result.get("training_iteration"),
+                    "config": json.dumps(_jsonable(trial.config), sort_keys=True)[:1000],
+                    f"last_{metric}": _number(result.get(metric)),
+                    f"best_{metric}": trial.best_metric,
+                    "iterations": iterations if isinstance(iterations, int) else None,
                     "checkpoint_uri": checkpoint_uri(self.storage, trial),
                 }
             )
         return table
 
     def summary(self, progress: Progress, rows: list[TrialSummary]) -> str:
-        """The markdown summary of the run."""
-        lines = [f"# Experiment `{self.name}`", ""]
-        lines.append(f"Stored at `{public_url(self.storage.url)}`.")
-        lines.append("")
-        counts = ", ".join(
-            f"{status.value}: {progress.counts.get(status, 0)}"
-            for status in TrialStatus
-            if progress.counts.get(status, 0)
-        )
+        """The markdown summary of the experiment, every trial of it (earlier runs' too)."""
+        lines = [f"# Experiment {_md(self.name)}", ""]
+        lines += [f"Stored at `{_code(public_url(self.storage.url))}`.", ""]
+        counts = {status: sum(t.status is status for t in rows) for status in TrialStatus}
         lines += [
-            f"**Trials** ({progress.finished}/{progress.total or '?'} finished): {counts}",
+            f"**Trials**: {len(rows)}"
+            + (f" of {progress.total}" if progress.total is not None else ""),
+            "",
+            "| status | trials |",
+            "|---|---|",
+            *(f"| {status.value} | {n} |" for status, n in counts.items() if n),
             "",
         ]
-        best = next((t for t in rows if t.trial_id == progress.best_trial_id), None)
+        best = best_trial(rows, progress.metric, progress.mode)
         if best is None:
-            lines.append("No trial has finished with a value of the metric.")
+            lines.append("No finished trial has a value of the metric.")
             return "\n".join(lines)
         uri = checkpoint_uri(self.storage, best)
+        value = _number((best.last_result or {}).get(progress.metric or ""))
         lines += [
-            f"## Best trial `{best.trial_id}` ({progress.metric}={progress.best_value:.6g}, "
-            f"mode {progress.mode})",
+            f"## Best trial {_md(best.trial_id)}",
             "",
-            f"**Checkpoint**: `{uri}`" if uri else "**Checkpoint**: none",
+            f"{_md(progress.metric)} = **{value:.6g}** (mode {_md(progress.mode)}, its last "
+            f"result; best {_md(progress.metric)} in its history "
+            f"{best.best_metric if best.best_metric is not None else 'unknown'})",
+            "",
+            f"**Checkpoint**: [{_md(uri)}]({_link(uri)})" if uri else "**Checkpoint**: none",
             "",
             "| config | value |",
             "|---|---|",
-            *(f"| {k} | `{v!r}` |" for k, v in sorted(best.config.items())),
+            *(
+                f"| {_md(k)} | {_md(json.dumps(_jsonable(v)))} |"
+                for k, v in sorted(best.config.items())
+            ),
             "",
             "| metric | last value |",
             "|---|---|",
             *(
-                f"| {k} | {v!r} |"
+                f"| {_md(k)} | {_md(v)} |"
                 for k, v in sorted((best.last_result or {}).items())
                 if isinstance(v, (int, float, str)) and len(str(v)) < 200
             ),
         ]
         return "\n".join(lines)
 
-    def outcome(self) -> dict[str, Any]:
-        """The payload of the completed event, from the last snapshot."""
-        progress, rows = self.last_progress, self.last_trials
-        best = None
-        if progress is not None:
-            best = next((t for t in rows if t.trial_id == progress.best_trial_id), None)
-        return {
-            "experiment_uri": public_url(self.storage.url),
-            "metric": progress.metric if progress else None,
-            "mode": progress.mode if progress else None,
-            "best_trial_id": progress.best_trial_id if progress else None,
-            "best_metric_value": progress.best_value if progress else None,
-            "checkpoint_uri": checkpoint_uri(self.storage, best) if best else None,
-            "num_trials": len(rows),
-            "num_errored": sum(t.status is TrialStatus.ERROR for t in rows),
-        }
+
+def _code(text: str) -> str:
+    return text.replace("`", "'")
+
+
+def _link(uri: str) -> str:
+    """``uri`` as a markdown link target (no spaces or parentheses to end it early)."""
+    return uri.replace(" ", "%20").replace("(", "%28").replace(")", "%29")
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` as JSON would carry it (unknown objects by their ``str``)."""
+    return json.loads(json.dumps(value, default=str))
 
 
 __all__ = [
     "BEST_UPDATED",
+    "best_trial",
+    "outcome",
     "COMPLETED",
     "FAILED",
     "STARTED",
