@@ -34,7 +34,7 @@ from prefect_tune.exceptions import (
 )
 from prefect_tune.results import ResultGrid
 from prefect_tune.state import ExperimentDefinition, ExperimentStore, FlowRunRecord, Lease
-from prefect_tune.storage import StorageSpec, TuneStorage, resolve_spec
+from prefect_tune.storage import StorageSpec, TuneStorage, public_url, resolve_spec
 
 logger = logging.getLogger("prefect_tune")
 
@@ -474,8 +474,6 @@ class Tuner:
 
     def _flow_parameters(self, definition: Any, store: ExperimentStore) -> dict[str, Any]:
         """What the experiment's flow run shows as its parameters: no credentials."""
-        from prefect_tune.prefect._ui import public_url
-
         space = json.dumps(definition.param_space, default=str, sort_keys=True)
         if len(space) > 4000:
             space = space[:4000] + "..."

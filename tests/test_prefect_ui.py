@@ -17,6 +17,7 @@ from prefect.client.schemas.sorting import ArtifactSort
 
 import prefect_tune as tune
 from prefect_tune import ResultGrid, RunConfig, TuneConfig, Tuner
+from prefect_tune.exceptions import ConfigError
 from prefect_tune.prefect._ui import artifact_keys, artifact_slug, public_url
 from prefect_tune.testing import flow_runs_named
 from tests import trainables
@@ -131,7 +132,7 @@ def check_artifacts(
     assert summary.type == "markdown"
     text = summary.data
     assert best.metrics["trial_id"].replace("_", "\\_") in text
-    assert "| TERMINATED | %d |" % total in text
+    assert f"| TERMINATED | {total} |" in text
     assert public_url(best.checkpoint.path).replace("_", "\\_") in text
     assert f"{best.metrics['loss']:.6g}" in text
     return artifacts
@@ -155,7 +156,8 @@ def test_artifact_keys_of_hostile_names():
 
 
 def test_public_url_strips_credentials():
-    assert public_url("s3://AKIA123:s3cr3t@bucket/tune") == "s3://bucket/tune"
+    assert public_url("s3://AKIA123:s3/cr:3t@bucket/tune") == "s3://bucket/tune"
+    assert public_url("sftp://user@host/tune") == "sftp://user@host/tune"  # no secret there
     assert "s3cr3t" not in public_url("gs://bucket/tune?token=s3cr3t&x=1")
     assert "s3cr3t" not in public_url("https://u:s3cr3t@host:9000/a?X-Amz-Signature=s3cr3t")
     assert public_url("/data/tune") == "/data/tune"
@@ -335,3 +337,22 @@ def test_flow_retry_reports_the_whole_experiment(prefect_api, runner, tmp_path):
     assert completed["payload"]["num_trials"] == 2 and completed["payload"]["num_errored"] == 0
     summary = latest(artifacts_of(run.id), artifact_keys(name)["summary"]).data
     assert "| TERMINATED | 2 |" in summary and "ERROR" not in summary
+
+
+def test_credentials_in_the_url_are_never_shown(prefect_api, runner, s3_server):
+    """s3fs takes no credentials from a URL (``s3://KEY:SECRET@bucket``): such a path is refused
+    before anything runs, by an error that shows neither the key nor the secret."""
+    key = create_access_key(s3_server.endpoint_url)
+    bucket = s3_server.new_bucket()
+    options = {k: v for k, v in s3_server.options.items() if k not in ("key", "secret")}
+    url = f"s3://{key['AccessKeyId']}:{key['SecretAccessKey']}@{bucket}/tune"
+    name = f"s3url-{uuid.uuid4().hex[:6]}"
+    with pytest.raises(ConfigError, match="carries credentials") as raised:
+        dips_tuner(name, url, runner, storage_options=options).fit()
+    assert f"s3://{bucket}/tune" in str(raised.value)
+    for secret in (key["AccessKeyId"], key["SecretAccessKey"]):
+        assert secret not in str(raised.value)
+    assert flow_runs_named(name) == []
+    with pytest.raises(ConfigError, match="carries credentials"):
+        ResultGrid.from_path(url)
+    assert public_url(url) == f"s3://{bucket}/tune"

@@ -36,9 +36,9 @@ from typing import Any
 from prefect_tune.checkpoint import Checkpoint
 from prefect_tune.config import CheckpointConfig
 from prefect_tune.engine._control import Decision, TrialControl, TrialStopped
+from prefect_tune.engine._decision_state import result_number
 from prefect_tune.engine._fence import CommitFence
 from prefect_tune.engine._retention import checkpoints_to_drop
-from prefect_tune.engine._decision_state import result_number
 from prefect_tune.exceptions import MetricNotReportedError, ReportError
 from prefect_tune.state import (
     CarriedResults,

@@ -345,7 +345,12 @@ def run_experiment_flow(
             )
             failed(error, trials)
             raise error
-        emit(COMPLETED, name, record.flow_run_id, outcome(storage, [t.unpack() for t in trials], metric, mode))
+        emit(
+            COMPLETED,
+            name,
+            record.flow_run_id,
+            outcome(storage, [t.unpack() for t in trials], metric, mode),
+        )
         return _Trials(trials)
 
     experiment.__name__ = "tune_experiment"

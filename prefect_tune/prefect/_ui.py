@@ -19,22 +19,21 @@ warning, and never fails the experiment. No URL carries credentials (:func:`publ
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
 import logging
 import math
 import queue
 import re
-import contextvars
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from prefect_tune.engine import Progress
 from prefect_tune.state import PackedSummary, TrialStatus, TrialSummary
-from prefect_tune.storage import Storage, layout, redact
+from prefect_tune.storage import Storage, layout, public_url, redact
 
 logger = logging.getLogger("prefect_tune")
 
@@ -74,25 +73,6 @@ def artifact_keys(name: str) -> dict[str, str]:
     """The keys of an experiment's artifacts: ``progress``, ``leaderboard``, ``summary``."""
     slug = artifact_slug(name)
     return {kind: f"tune-{slug}-{kind}" for kind in ("progress", "leaderboard", "summary")}
-
-
-def public_url(url: str) -> str:
-    """``url`` without what may be a credential: its user info and secret-looking query pairs.
-
-    Examples:
-        >>> public_url("s3://AKIA:secret@bucket/tune?token=abc")
-        's3://bucket/tune?token=***'
-        >>> public_url("/data/tune")
-        '/data/tune'
-    """
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return redact(url)
-    if parts.scheme and "@" in parts.netloc:
-        parts = parts._replace(netloc=parts.netloc.rsplit("@", 1)[1])
-        url = urlunsplit(parts)
-    return redact(url)
 
 
 def experiment_resource(name: str) -> dict[str, str]:
@@ -173,7 +153,7 @@ def outcome(
         "metric": metric,
         "mode": mode,
         "best_trial_id": best.trial_id if best else None,
-        "best_metric_value": _number((best.last_result or {}).get(metric)) if best else None,
+        "best_metric_value": _number((best.last_result or {}).get(metric or "")) if best else None,
         "checkpoint_uri": checkpoint_uri(storage, best) if best else None,
         "num_trials": len(rows),
         "num_terminated": sum(t.status is TrialStatus.TERMINATED for t in rows),

@@ -182,12 +182,12 @@ class TrialState(_Model):
     )
     updated_at: float = Field(default_factory=time.time)
     best_metric: float | None = Field(
-        None,
+        default=None,
         description="The best value (by TuneConfig.mode) of TuneConfig.metric in the trial's "
         "history, NaN and infinities left out; None before any, or without a metric and mode.",
     )
     best_iteration: int | None = Field(
-        None, description="The training_iteration of the result that holds best_metric."
+        default=None, description="The training_iteration of the result that holds best_metric."
     )
 
     @property
