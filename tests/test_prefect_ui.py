@@ -356,3 +356,31 @@ def test_credentials_in_the_url_are_never_shown(prefect_api, runner, s3_server):
     with pytest.raises(ConfigError, match="carries credentials"):
         ResultGrid.from_path(url)
     assert public_url(url) == f"s3://{bucket}/tune"
+
+
+def test_an_api_that_refuses_artifacts_never_fails_the_experiment(
+    prefect_api, runner, tmp_path, caplog
+):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from prefect_tune.testing import faulty_api_proxy
+
+    name = f"refused-{uuid.uuid4().hex[:6]}"
+
+    def artifacts_down(method: str, path: str) -> bool:
+        return path.startswith("/api/artifacts") and method in ("POST", "PATCH")
+
+    with (
+        faulty_api_proxy(prefect_api, refuse=artifacts_down) as (url, refused),
+        temporary_settings(updates={PREFECT_API_URL: url}),
+        caplog.at_level("WARNING", logger="prefect_tune"),
+    ):
+        results = dips_tuner(name, str(tmp_path), runner).fit()
+    assert results.num_terminated == 3 and results.num_errors == 0
+    assert refused and all(r.startswith(("POST /api/artifacts", "PATCH")) for r in refused)
+    (run,) = flow_runs_named(name)
+    assert run.state.is_completed()
+    assert artifacts_of(run.id) == []
+    warnings = [r for r in caplog.records if "Could not publish the progress" in r.getMessage()]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    assert name in warnings[0].getMessage()
