@@ -133,7 +133,8 @@ def check_artifacts(
     text = summary.data
     assert best.metrics["trial_id"].replace("_", "\\_") in text
     assert f"| TERMINATED | {total} |" in text
-    assert public_url(best.checkpoint.path).replace("_", "\\_") in text
+    uri = public_url(best.checkpoint.path)
+    assert f"[`{uri}`]({uri.replace(' ', '%20')})" in text
     assert f"{best.metrics['loss']:.6g}" in text
     return artifacts
 

@@ -352,13 +352,13 @@ class PrefectUIObserver:
             result = trial.last_result or {}
             iterations = result.get("training_iteration")
             table.append(
-                {
+                {  # the long columns last: the UI's table scrolls sideways
                     "trial_id": trial.trial_id,
                     "status": trial.status.value,
-                    "config": json.dumps(_jsonable(trial.config), sort_keys=True)[:1000],
                     f"last_{metric}": _number(result.get(metric)),
                     f"best_{metric}": trial.best_metric,
                     "iterations": iterations if isinstance(iterations, int) else None,
+                    "config": json.dumps(_jsonable(trial.config), sort_keys=True)[:1000],
                     "checkpoint_uri": checkpoint_uri(self.storage, trial),
                 }
             )
@@ -389,9 +389,10 @@ class PrefectUIObserver:
             "",
             f"{_md(progress.metric)} = **{value:.6g}** (mode {_md(progress.mode)}, its last "
             f"result; best {_md(progress.metric)} in its history "
-            f"{best.best_metric if best.best_metric is not None else 'unknown'})",
+            f"{'unknown' if best.best_metric is None else format(best.best_metric, '.6g')})",
             "",
-            f"**Checkpoint**: [{_md(uri)}]({_link(uri)})" if uri else "**Checkpoint**: none",
+            # A code span as the label: the UI shows a link's label without its escapes.
+            f"**Checkpoint**: [`{_code(uri)}`]({_link(uri)})" if uri else "**Checkpoint**: none",
             "",
             "| config | value |",
             "|---|---|",
