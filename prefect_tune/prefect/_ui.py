@@ -3,18 +3,24 @@
 Artifacts (keys made of the experiment's name, see :func:`artifact_slug`):
 
 - ``tune-<slug>-progress``: finished trials over the total, updated in place;
-- ``tune-<slug>-leaderboard``: a table of the best trials, a new version every ``interval_s``
-  at most and at the end;
+- ``tune-<slug>-leaderboard``: a table of the best trials (last and best value of the metric,
+  the best kept by the worker in ``TrialState.best_metric``), a new version every
+  ``interval_s`` at most and at the end;
 - ``tune-<slug>-summary``: markdown, the best trial, its config and metrics, its checkpoint and
   the trials' counts by status (at the end).
+
+All of them, and the completed and failed events (:func:`outcome`), describe every trial of the
+experiment, those finished by earlier runs too: a restored experiment shows its whole outcome.
 
 Events (``prefect.events.emit_event``), on the resource ``prefect-tune.experiment.<name>``
 with the flow run related (role ``flow-run``): ``prefect-tune.experiment.started``,
 ``.best-updated`` (at most every ``interval_s``), ``.completed`` and ``.failed``.
 
-Everything is published from one background thread of the driver (the trials never wait for
-it); the latest snapshot wins. A failure to publish (the API down) is logged once, as a
-warning, and never fails the experiment. No URL carries credentials (:func:`public_url`).
+Artifacts and best-updated events are published from one background thread of the driver (the
+trials never wait for it); the latest snapshot wins, and the end of the run waits for the last
+one at most `FLUSH_TIMEOUT_S`, not at all once publishing failed. A failure to publish (the API
+down) is logged once, as a warning, and never fails the experiment. No URL carries credentials
+(:func:`~prefect_tune.storage.public_url`).
 """
 
 from __future__ import annotations
