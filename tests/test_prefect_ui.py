@@ -156,6 +156,39 @@ def test_artifact_keys_of_hostile_names():
     assert artifact_slug("My Exp_1").startswith("my-exp-1-")
 
 
+def test_run_config_artifacts_must_be_a_bool():
+    with pytest.raises(ConfigError, match="artifacts"):
+        RunConfig(artifacts="yes")  # type: ignore[arg-type]
+
+
+def test_hostile_stored_trials_render_as_text():
+    """What the artifacts show of trials read from storage (ids, configs, NaN best values)
+    stays text: no markup, no invalid JSON."""
+    from prefect_tune.engine import Progress
+    from prefect_tune.prefect._ui import PrefectUIObserver
+    from prefect_tune.state import TrialStatus, TrialSummary
+    from prefect_tune.storage import StorageSpec
+
+    storage = StorageSpec(f"memory://ui-{uuid.uuid4().hex}").open()
+    trial = TrialSummary(
+        trial_id="<img src=x onerror=alert(1)>",
+        index=0,
+        dir_name="t_0",
+        config={"x": "[click](javascript:alert(1)) | *bold*"},
+        status=TrialStatus.TERMINATED,
+        last_result={"loss": 1.0, "note": "<script>x</script>"},
+        best_metric=float("nan"),
+    )
+    progress = Progress("exp", 1, {TrialStatus.TERMINATED: 1}, 1.0, "loss", "min", done=True)
+    ui = PrefectUIObserver("exp", storage, None)
+    board = ui.leaderboard(progress, [trial])
+    assert json.loads(json.dumps(board, allow_nan=False))[0]["best_loss"] is None
+    text = ui.summary(progress, [trial])
+    for raw in (r"<img", r"<script", r"\]\(javascript", r"\| \*bold"):
+        assert not re.search(r"(?<!\\)" + raw, text), raw  # each one escaped
+    assert "\\<img src=x onerror=alert\\(1\\)\\>" in text
+
+
 def test_public_url_strips_credentials():
     assert public_url("s3://AKIA123:s3/cr:3t@bucket/tune") == "s3://bucket/tune"
     assert public_url("sftp://user@host/tune") == "sftp://user@host/tune"  # no secret there

@@ -362,7 +362,8 @@ class PrefectUIObserver:
                     "trial_id": trial.trial_id,
                     "status": trial.status.value,
                     f"last_{metric}": _number(result.get(metric)),
-                    f"best_{metric}": trial.best_metric,
+                    # Read from storage: a NaN there would make the table invalid JSON.
+                    f"best_{metric}": _number(trial.best_metric),
                     "iterations": iterations if isinstance(iterations, int) else None,
                     "config": json.dumps(_jsonable(trial.config), sort_keys=True)[:1000],
                     "checkpoint_uri": checkpoint_uri(self.storage, trial),
@@ -395,7 +396,7 @@ class PrefectUIObserver:
             "",
             f"{_md(progress.metric)} = **{value:.6g}** (mode {_md(progress.mode)}, its last "
             f"result; best {_md(progress.metric)} in its history "
-            f"{'unknown' if best.best_metric is None else format(best.best_metric, '.6g')})",
+            f"{'unknown' if (top := _number(best.best_metric)) is None else format(top, '.6g')})",
             "",
             # A code span as the label: the UI shows a link's label without its escapes.
             f"**Checkpoint**: [`{_code(uri)}`]({_link(uri)})" if uri else "**Checkpoint**: none",
