@@ -418,3 +418,26 @@ def test_an_api_that_refuses_artifacts_never_fails_the_experiment(
     warnings = [r for r in caplog.records if "Could not publish the progress" in r.getMessage()]
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
     assert name in warnings[0].getMessage()
+
+
+def test_fail_fast_emits_failed(prefect_api, runner, tmp_path):
+    name = f"fast-{uuid.uuid4().hex[:6]}"
+    results = Tuner(
+        trainables.raises_at,
+        param_space={"fail_at": tune.grid_search([1, None, None])},
+        tune_config=TuneConfig(metric="loss", mode="min", max_concurrent_trials=1),
+        run_config=RunConfig(
+            name=name, storage_path=str(tmp_path), failure_config=tune.FailureConfig(fail_fast=True)
+        ),
+        task_runner=runner,
+    ).fit()
+    assert results.num_errors == 1
+    (run,) = flow_runs_named(name)
+    assert run.state.is_failed()
+    events = experiment_events(name, {EVENTS + "failed"})
+    failed = one(events, EVENTS + "failed", run.id)["payload"]
+    assert failed["error_type"] == "TrialsErroredError" and "boom at step 1" in failed["error"]
+    assert failed["num_errored"] == 1 and failed["experiment_uri"] == str(tmp_path / name)
+    assert not [e for e in events if e["event"] == EVENTS + "completed"]
+    summary = latest(artifacts_of(run.id), artifact_keys(name)["summary"]).data
+    assert "| ERROR | 1 |" in summary
