@@ -212,6 +212,8 @@ class RunConfig:
             ``1`` a progress line every 30 s, ``2`` (default) every 5 s, ``3`` also Dask's
             INFO logs. Below 3 Dask logs at WARNING (ERROR at 0), unless
             ``DASK_LOGGING__DISTRIBUTED`` is set. Prefect's own lines follow its settings.
+        artifacts: Whether the experiment's flow run gets its progress, leaderboard and summary
+            artifacts (published from the driver, off the trials' path).
 
     Examples:
         >>> RunConfig(name="exp", storage_path="s3://bucket/tune", stop={"training_iteration": 10})
@@ -232,6 +234,7 @@ class RunConfig:
     lease_ttl_s: float = 60.0
     trial_tags: tuple[str, ...] | None = None
     verbose: int = 2
+    artifacts: bool = True
 
     def __post_init__(self) -> None:
         if type(self.verbose) is not int or self.verbose not in (0, 1, 2, 3):
@@ -252,6 +255,8 @@ class RunConfig:
                 "resume",
                 f"must be 'auto', 'required', 'never' or 'overwrite', got {self.resume!r}.",
             )
+        if not isinstance(self.artifacts, bool):
+            raise _fail("RunConfig", "artifacts", f"must be True or False, got {self.artifacts!r}.")
         _check_int("RunConfig", "flow_retries", self.flow_retries, 0, allow_none=False)
         for name in ("flow_retry_delay_s", "lease_ttl_s"):
             value = getattr(self, name)

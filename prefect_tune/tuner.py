@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -19,6 +19,7 @@ from prefect_tune._resources import trial_resources
 from prefect_tune.config import CheckpointConfig, FailureConfig, RunConfig, TuneConfig
 from prefect_tune.engine import (
     BasicVariantGenerator,
+    ExperimentObserver,
     ResumePolicy,
     TuneController,
     describe_param_space,
@@ -33,7 +34,7 @@ from prefect_tune.exceptions import (
 )
 from prefect_tune.results import ResultGrid
 from prefect_tune.state import ExperimentDefinition, ExperimentStore, FlowRunRecord, Lease
-from prefect_tune.storage import StorageSpec, TuneStorage, resolve_spec
+from prefect_tune.storage import StorageSpec, TuneStorage, public_url, resolve_spec
 
 logger = logging.getLogger("prefect_tune")
 
@@ -415,6 +416,7 @@ class Tuner:
             *,
             on_takeover: Callable[[Lease], None],
             on_acquired: Callable[[], None],
+            observers: Sequence[ExperimentObserver] = (),
         ) -> TuneController:
             policy = self._policy
             if flow_run.run_count > 1:  # a Prefect retry of the failed experiment flow
@@ -440,13 +442,13 @@ class Tuner:
                 prepare=prepare,
                 # Replaced, not read: a damaged experiment can be overwritten.
                 check_stored=mode != "overwrite",
-                observers=observers,
+                observers=[*console, *observers],  # the flow's own: the Prefect UI
             )
 
         from prefect_tune.prefect import run_experiment_flow
 
         interval = progress_interval_s(rc.verbose)
-        observers = [ConsoleProgress(interval)] if interval is not None else []
+        console = [ConsoleProgress(interval)] if interval is not None else []
         try:
             with quiet_dask(rc.verbose):
                 trials = run_experiment_flow(
@@ -459,6 +461,8 @@ class Tuner:
                     retry_delay_seconds=rc.flow_retry_delay_s,
                     trial_tags=(definition.name,) if rc.trial_tags is None else rc.trial_tags,
                     trial_resources=trial_resources(self.trainable),
+                    parameters=self._flow_parameters(definition, store),
+                    artifacts=rc.artifacts,
                 )
         except TrialsErroredError:
             if rc.failure_config.fail_fast == "raise":
@@ -467,6 +471,21 @@ class Tuner:
             return self._results
         self._results = ResultGrid(store, trials=trials, definition=definition)
         return self._results
+
+    def _flow_parameters(self, definition: Any, store: ExperimentStore) -> dict[str, Any]:
+        """What the experiment's flow run shows as its parameters: no credentials."""
+        space = json.dumps(definition.param_space, default=str, sort_keys=True)
+        if len(space) > 4000:
+            space = space[:4000] + "..."
+        return {
+            "experiment": definition.name,
+            "storage_path": public_url(store.storage.url),
+            "trainable": _qualified_name(self.trainable),
+            "metric": definition.metric,
+            "mode": definition.mode,
+            "num_samples": definition.num_samples,
+            "search_space": space,
+        }
 
     def get_results(self) -> ResultGrid:
         """The results of the stored experiment (read from storage if ``fit()`` ran elsewhere)."""

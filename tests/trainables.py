@@ -192,3 +192,16 @@ def bowl(config):
                 {"loss": (config["x"] - 0.3) ** 2 + 1.0 / step, "step": step},
                 checkpoint=tune.Checkpoint.from_directory(d),
             )
+
+
+def dips(config: dict[str, Any]) -> None:
+    """loss = x + |step - low| over ``steps`` steps (default 5), a checkpoint every step: its
+    best loss (x, at step ``low``) is not its last one (x + steps - low)."""
+    for step in range(1, int(config.get("steps", 5)) + 1):
+        with tempfile.TemporaryDirectory() as d:
+            with open(os.path.join(d, "state.json"), "w") as fh:
+                json.dump({"step": step}, fh)
+            tune.report(
+                {"loss": float(config["x"]) + abs(step - int(config["low"]))},
+                checkpoint=Checkpoint.from_directory(d),
+            )

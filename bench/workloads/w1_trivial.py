@@ -28,18 +28,25 @@ def trainable(config: dict[str, Any]) -> None:
 
 
 def make_tuner(
-    ctx: Any, trials: int, name: str, trial_tags: tuple[str, ...] | None = None
+    ctx: Any,
+    trials: int,
+    name: str,
+    trial_tags: tuple[str, ...] | None = None,
+    artifacts: bool = True,
 ) -> tune.Tuner:
     return tune.Tuner(
         trainable,
         param_space={"x": tune.uniform(0.0, 1.0)},
         tune_config=tune.TuneConfig(metric="score", mode="max", num_samples=trials, seed=0),
-        run_config=tune.RunConfig(name=name, storage_path=ctx.new_dir("w1"), trial_tags=trial_tags),
+        run_config=tune.RunConfig(
+            name=name, storage_path=ctx.new_dir("w1"), trial_tags=trial_tags, artifacts=artifacts
+        ),
         task_runner=ctx.task_runner(),
     )
 
 
 UNTAGGED = "prefect-tune, trial_tags=()"
+NO_ARTIFACTS = "prefect-tune, artifacts=False"
 
 
 def _throughput(rec: Recorder, system: str, trials: int, wall: float, concurrency: int) -> None:
@@ -103,6 +110,12 @@ def run(ctx: Any, size: dict[str, Any], rec: Recorder) -> None:
         _throughput(rec, UNTAGGED, trials, timing.wall_s, ctx.concurrency)
         _server_load(rec, UNTAGGED, trials, timing)
         print(f"  W1 rep {rep + 1}, {UNTAGGED}: {timing.wall_s:.2f} s", flush=True)
+        # The same without the flow run's artifacts (RunConfig(artifacts=False)).
+        name = f"w1-no-artifacts-{rep}"
+        timing = ctx.fit(make_tuner(ctx, trials, name, artifacts=False), f"W1-no-artifacts-{rep}")
+        _throughput(rec, NO_ARTIFACTS, trials, timing.wall_s, ctx.concurrency)
+        _server_load(rec, NO_ARTIFACTS, trials, timing)
+        print(f"  W1 rep {rep + 1}, {NO_ARTIFACTS}: {timing.wall_s:.2f} s", flush=True)
     if traces and last is not None:
         try:
             data = breakdown(traces[-1], last)

@@ -501,6 +501,7 @@ class TuneController:
             trial_name=self._trial_name(trial),
             trainable=self.trainable,
             metric=self.definition.metric,
+            mode=self.definition.mode,
             checkpoint_config=self.checkpoint_config,
             stop=self.stop,
             deadline=deadline,

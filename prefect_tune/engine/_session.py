@@ -23,6 +23,7 @@ import contextlib
 import contextvars
 import datetime as dt
 import logging
+import math
 import os
 import socket
 import threading
@@ -35,6 +36,7 @@ from typing import Any
 from prefect_tune.checkpoint import Checkpoint
 from prefect_tune.config import CheckpointConfig
 from prefect_tune.engine._control import Decision, TrialControl, TrialStopped
+from prefect_tune.engine._decision_state import result_number
 from prefect_tune.engine._fence import CommitFence
 from prefect_tune.engine._retention import checkpoints_to_drop
 from prefect_tune.exceptions import MetricNotReportedError, ReportError
@@ -161,6 +163,8 @@ class TrialSession:
             it as results and checkpoints come).
         context: What ``get_context()`` returns.
         metric: The experiment's metric, which every result must hold.
+        mode: ``"min"`` or ``"max"``: with ``metric``, keeps the trial's best value of it
+            (``TrialState.best_metric``).
         checkpoint_config: Which checkpoints to keep.
         controls: Asked after each result whether the trial goes on, in order.
         fence: Checked before each write of the trial's state; None writes unfenced (a trial
@@ -175,6 +179,7 @@ class TrialSession:
         context: TrialContext,
         *,
         metric: str | None,
+        mode: str | None = None,
         checkpoint_config: CheckpointConfig,
         controls: Sequence[TrialControl] = (),
         fence: CommitFence | None = None,
@@ -184,6 +189,7 @@ class TrialSession:
         self.trial = trial
         self.context = context
         self.metric = metric
+        self.mode = mode
         self.checkpoint_config = checkpoint_config
         self.controls = list(controls)
         self.fence = fence
@@ -198,6 +204,8 @@ class TrialSession:
         self.started = time.monotonic()
         self.last_report = self.started
         self.iterations_since_restore = 0
+        if trial.best_iteration is not None and trial.best_iteration > self.iteration:
+            self._best_of_history()  # its best was in rows this attempt replaces
         self.buffer: list[dict[str, Any]] = []
         self.segment = 0
         self.last_flush = self.started
@@ -272,6 +280,7 @@ class TrialSession:
             with self._lock:
                 self.buffer.append(row)
                 self.trial.last_result = row
+                self._consider(row)
                 if local is not None:
                     self._commit_checkpoint(row, *local)
                 elif now - self.last_flush >= self.flush_interval:
@@ -283,6 +292,32 @@ class TrialSession:
             decision = control.on_result(self.trial.trial_id, row)
             if decision is not Decision.CONTINUE:
                 raise TrialStopped(decision)
+
+    def _consider(self, row: Mapping[str, Any]) -> None:
+        """Keeps ``row`` as the trial's best when its metric beats the best so far."""
+        if self.metric is None or self.mode not in ("min", "max"):
+            return
+        value = result_number(row, self.metric)
+        if value is None or not math.isfinite(value):
+            return
+        best = self.trial.best_metric
+        if best is None or (value > best if self.mode == "max" else value < best):
+            self.trial.best_metric = value
+            self.trial.best_iteration = int(row["training_iteration"])
+
+    def _best_of_history(self) -> None:
+        """The best of the rows this attempt keeps (those up to the checkpoint it resumed
+        from), read from storage: only when the best so far was after that checkpoint."""
+        self.trial.best_metric = self.trial.best_iteration = None
+        try:
+            rows = self.store.read_history(self.trial)
+        except Exception as exc:  # the best is shown, never relied on: not worth failing for
+            logger.warning("Could not read the history of trial %s: %s", self.trial.trial_id, exc)
+            return
+        for row in rows:
+            iteration = row.get("training_iteration")
+            if isinstance(iteration, int) and iteration <= self.iteration:
+                self._consider(row)
 
     # -- storage ---------------------------------------------------------------------------------
 

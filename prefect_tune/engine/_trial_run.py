@@ -43,6 +43,7 @@ class TrialRequest:
     trial_name: str
     trainable: Callable[[dict[str, Any]], Any]
     metric: str | None = None
+    mode: str | None = None
     checkpoint_config: CheckpointConfig = field(default_factory=CheckpointConfig)
     stop: Any = None
     deadline: float | None = None
@@ -194,6 +195,7 @@ def run_trial(request: TrialRequest, task_run_id: str | None = None) -> TrialOut
         trial,
         context,
         metric=request.metric,
+        mode=request.mode,
         checkpoint_config=request.checkpoint_config,
         controls=controls,
         fence=CommitFence(fence.check, window_s=request.fence_interval_s / 2),

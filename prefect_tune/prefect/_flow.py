@@ -7,7 +7,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from prefect import Flow
@@ -19,12 +19,21 @@ from prefect.states import Crashed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import ValidationError
 
-from prefect_tune.engine import TuneController
+from prefect_tune.engine import ExperimentObserver, TuneController
 from prefect_tune.exceptions import TrialsErroredError
 from prefect_tune.prefect._api import workers_use_the_driver_api
 from prefect_tune.prefect._executor import PrefectTaskExecutor
+from prefect_tune.prefect._ui import (
+    COMPLETED,
+    FAILED,
+    STARTED,
+    PrefectUIObserver,
+    emit,
+    outcome,
+    public_url,
+)
 from prefect_tune.state import FlowRunRecord, Lease, PackedSummary, TrialStatus
-from prefect_tune.storage import Storage, layout
+from prefect_tune.storage import Storage, layout, redact
 
 logger = logging.getLogger("prefect_tune")
 
@@ -43,6 +52,7 @@ class ControllerFactory(Protocol):
         *,
         on_takeover: Callable[[Lease], None],
         on_acquired: Callable[[], None],
+        observers: Sequence[ExperimentObserver] = (),
     ) -> TuneController: ...
 
 
@@ -221,6 +231,9 @@ def run_experiment_flow(
     retry_delay_seconds: float = 0.0,
     trial_tags: tuple[str, ...] = (),
     trial_resources: Mapping[str, float] | None = None,
+    parameters: Mapping[str, Any] | None = None,
+    artifacts: bool = True,
+    artifact_interval_s: float = 10.0,
 ) -> list[PackedSummary]:
     """Runs the experiment as a flow run named ``name`` (a subflow inside a running flow).
 
@@ -239,6 +252,11 @@ def run_experiment_flow(
         trial_tags: Tags of the trials' task runs.
         trial_resources: The Dask worker resources every trial asks for, checked against the
             cluster before any trial runs.
+        parameters: What the flow run shows as its parameters (``experiment``,
+            ``storage_path``, ``trainable``, ``metric``, ``mode``, ``num_samples``,
+            ``search_space``); no credentials (the storage path is shown by `public_url`).
+        artifacts: Whether the flow run gets the progress, leaderboard and summary artifacts.
+        artifact_interval_s: The least time between two leaderboards (and best-updated events).
 
     Returns:
         Every trial of the experiment.
@@ -248,7 +266,15 @@ def run_experiment_flow(
         ResourcesUnavailableError: no Dask worker has ``trial_resources``.
     """
 
-    def experiment() -> _Trials:
+    def experiment(
+        experiment: str | None = None,
+        storage_path: str | None = None,
+        trainable: str | None = None,
+        metric: str | None = None,
+        mode: str | None = None,
+        num_samples: int | None = None,
+        search_space: Any = None,
+    ) -> _Trials:
         context = FlowRunContext.get()
         flow_run = context.flow_run if context is not None else None
         record = FlowRunRecord(
@@ -263,29 +289,73 @@ def run_experiment_flow(
             except Exception as exc:  # bookkeeping only: never block the run
                 logger.warning("Could not tag flow run %s: %s", flow_run.name, exc)
         drivers = DriverRecords(storage, record, lease_ttl_s)
+        ui = PrefectUIObserver(
+            name,
+            storage,
+            record.flow_run_id,
+            artifacts=artifacts,
+            interval_s=artifact_interval_s,
+        )
         controller = build_controller(
             PrefectTaskExecutor(name, task_runner, trial_tags, trial_resources),
             record,
             on_takeover=lambda previous: mark_taken_over(previous, record, storage),
             on_acquired=drivers.sweep,
+            observers=[ui],
+        )
+        where = public_url(storage.url)
+
+        def failed(error: BaseException, trials: list[PackedSummary] | None) -> None:
+            payload: dict[str, Any] = {"experiment_uri": where, "metric": metric, "mode": mode}
+            if trials is not None:
+                payload = outcome(storage, [t.unpack() for t in trials], metric, mode)
+            payload.update(
+                error_type=type(error).__name__,
+                error=redact(str(error))[:2000],
+                will_retry=record.run_count <= retries,
+            )
+            emit(FAILED, name, record.flow_run_id, payload)
+
+        emit(
+            STARTED,
+            name,
+            record.flow_run_id,
+            {
+                "experiment_uri": where,
+                "metric": metric,
+                "mode": mode,
+                "num_samples": num_samples,
+                "run_count": record.run_count,
+            },
         )
         drivers.announce()
         try:
             trials = controller.run()
+        except BaseException as exc:
+            failed(exc, None)
+            raise
         finally:
             drivers.withdraw()
         errored = [t for t in trials if t.status is TrialStatus.ERROR]
         if errored:
             listing = "; ".join(f"{t.trial_id}: {t.error}" for t in errored[:5])
-            raise TrialsErroredError(
+            error = TrialsErroredError(
                 f"{len(errored)} of {len(trials)} trials of experiment {name!r} errored "
                 f"({listing}). The experiment is stored: a retry or a new run resumes them."
             )
+            failed(error, trials)
+            raise error
+        emit(
+            COMPLETED,
+            name,
+            record.flow_run_id,
+            outcome(storage, [t.unpack() for t in trials], metric, mode),
+        )
         return _Trials(trials)
 
     experiment.__name__ = "tune_experiment"
     experiment.__qualname__ = "tune_experiment"
-    flow: Flow[[], _Trials] = Flow(
+    flow: Flow[..., _Trials] = Flow(
         fn=experiment,
         name=name,
         flow_run_name=name,
@@ -300,7 +370,7 @@ def run_experiment_flow(
     )
     # Every Dask worker reports to this process's API, its temporary one too.
     with workers_use_the_driver_api():
-        return flow().trials
+        return flow(**dict(parameters or {})).trials
 
 
 class _Trials:

@@ -17,7 +17,8 @@ Versions (each older version is still read, upgraded by the migrations at the en
 - every other document (the definition, the lease, a driver's record) is at version 1.
 
 An optional field with a default is added without a new version, as readers ignore fields they
-do not know: `AttemptRecord.warning` was added so, within version 3 of the trial's state.
+do not know: `AttemptRecord.warning` was added so, within version 3 of the trial's state, and
+`TrialState.best_metric` / `best_iteration` with `TrialSummary.best_metric`.
 """
 
 from __future__ import annotations
@@ -180,6 +181,14 @@ class TrialState(_Model):
         description="Results not yet in a segment of results/; each attempt has one at most.",
     )
     updated_at: float = Field(default_factory=time.time)
+    best_metric: float | None = Field(
+        default=None,
+        description="The best value (by TuneConfig.mode) of TuneConfig.metric in the trial's "
+        "history, NaN and infinities left out; None before any, or without a metric and mode.",
+    )
+    best_iteration: int | None = Field(
+        default=None, description="The training_iteration of the result that holds best_metric."
+    )
 
     @property
     def latest_checkpoint(self) -> CheckpointRecord | None:
@@ -203,6 +212,7 @@ class TrialSummary(_Model):
     num_failures: int = 0
     error: str | None = None
     error_type: str | None = None
+    best_metric: float | None = None
 
     @classmethod
     def of(cls, trial: TrialState) -> TrialSummary:
@@ -218,6 +228,7 @@ class TrialSummary(_Model):
             num_failures=trial.num_failures,
             error=trial.error,
             error_type=trial.error_type,
+            best_metric=trial.best_metric,
         )
 
     def as_new_trial(self) -> TrialState:

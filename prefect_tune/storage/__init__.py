@@ -2,7 +2,7 @@
 
 from prefect_tune.storage import _layout as layout
 from prefect_tune.storage._block import TuneStorage
-from prefect_tune.storage._errors import redact
+from prefect_tune.storage._errors import public_url, redact
 from prefect_tune.storage._filesystem import Storage, StorageSpec, join_url, normalize_url
 from prefect_tune.storage._probe import read_probe
 from prefect_tune.storage._resolve import (
@@ -20,6 +20,7 @@ __all__ = [
     "layout",
     "normalize_url",
     "read_probe",
+    "public_url",
     "redact",
     "refuse_block_with_options",
     "resolve_spec",

@@ -63,9 +63,36 @@ _SECRET_PATTERN = re.compile(
 )
 
 
+# The user info of a URL (``scheme://user:password@host``), up to its first "@": a secret may
+# hold "/" and ":" as an AWS secret key does.
+_URL_USERINFO = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^\s@]*:[^\s@]*@")
+
+
 def redact(message: str) -> str:
-    """Masks values of secret-looking ``key=value`` pairs in ``message``."""
-    return _SECRET_PATTERN.sub(r"\1***", message)
+    """Masks values of secret-looking ``key=value`` pairs and the ``user:password@`` of URLs in
+    ``message``."""
+    return _SECRET_PATTERN.sub(r"\1***", _URL_USERINFO.sub(r"\1***@", message))
+
+
+def public_url(url: str) -> str:
+    """``url`` as it may be shown (UI, events, logs): without its user info and with the values
+    of secret-looking query pairs masked.
+
+    Examples:
+        >>> public_url("s3://AKIA:se/cret@bucket/tune?token=abc")
+        's3://bucket/tune?token=***'
+        >>> public_url("/data/tune")
+        '/data/tune'
+    """
+    head, sep, rest = url.partition("://")
+    if sep and "@" in rest.split("?", 1)[0]:
+        rest = rest.split("@", 1)[1] if ":" in rest.split("@", 1)[0] else rest
+    return redact(f"{head}{sep}{rest}")
+
+
+def has_password(url: str) -> bool:
+    """Whether ``url`` carries a ``user:password@`` part."""
+    return _URL_USERINFO.match(url.strip()) is not None
 
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:

@@ -23,6 +23,7 @@ import fsspec
 
 from prefect_tune.exceptions import ConfigError
 from prefect_tune.storage._block import TuneStorage
+from prefect_tune.storage._errors import has_password, public_url
 from prefect_tune.storage._filesystem import StorageSpec
 
 #: The storage root when neither a path nor a block is given.
@@ -79,10 +80,25 @@ def resolve_spec(
         The location with the options to open it (they may hold secrets: never log them).
 
     Raises:
-        ConfigError: both ``storage`` and ``storage_options`` were given.
+        ConfigError: both ``storage`` and ``storage_options`` were given, or the path carries
+            a password (``s3://KEY:SECRET@bucket``).
     """
     refuse_block_with_options(storage, storage_options)
-    text = None if path is None else os.fspath(path)
+    spec = _resolved(None if path is None else os.fspath(path), storage_options, storage)
+    if has_password(spec.url):
+        # Named without its secret: a path is shown in the UI, in events, logs and errors.
+        raise ConfigError(
+            f"The storage path {public_url(spec.url)} carries credentials before its '@'. A "
+            "path is shown in the Prefect UI, events and logs, and s3fs and gcsfs do not read "
+            "credentials from it: pass them in storage_options (key=..., secret=...) or in a "
+            "TuneStorage block's credentials."
+        )
+    return spec
+
+
+def _resolved(
+    text: str | None, storage_options: Mapping[str, Any] | None, storage: TuneStorage | None
+) -> StorageSpec:
     if storage is None:
         url = DEFAULT_STORAGE_PATH if text is None else text
         return StorageSpec(url, dict(storage_options or {}))

@@ -35,6 +35,7 @@ Examples:
     ...     storage_options = s3.options
 """
 
+from prefect_tune.testing._proxy import faulty_api_proxy
 from prefect_tune.testing._servers import (
     ObjectStoreServer,
     flow_runs_named,
@@ -50,6 +51,7 @@ from prefect_tune.testing._servers import (
 
 __all__ = [
     "ObjectStoreServer",
+    "faulty_api_proxy",
     "flow_runs_named",
     "gcs_emulator",
     "local_cluster",
