@@ -74,12 +74,13 @@ its task run).
 from __future__ import annotations
 
 import json
+import math
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from prefect_tune.engine._control import Decision
-from prefect_tune.engine._decision_state import Stateful
+from prefect_tune.engine._control import Decision, DecisionPoints
+from prefect_tune.engine._decision_state import Stateful, result_number
 from prefect_tune.exceptions import DecisionStateMismatchError
 
 __all__ = ["DECISIONS_FILE", "DecisionDesk", "DeskControl"]
@@ -91,7 +92,9 @@ class DecisionDesk(Stateful):
     """The driver's side: asks the stopper, then the scheduler, about each result row.
 
     A trial once stopped stays stopped: every later row of it (a replay, or a row sent before
-    the decision reached it) is answered STOP again without asking the cores.
+    the decision reached it) is answered STOP again without asking the cores. The desk keeps,
+    per trial, the highest ``training_iteration`` it judged (what a restore still has to judge
+    from storage) and the one that stopped it.
 
     Args:
         scheduler: A ``TrialScheduler`` (None: FIFO).
@@ -102,23 +105,42 @@ class DecisionDesk(Stateful):
         >>> desk = DecisionDesk(stopper=MaximumIterationStopper(2))
         >>> [desk.on_result("t", {"training_iteration": i}) for i in (1, 2, 3)]
         [<Decision.CONTINUE: 'CONTINUE'>, <Decision.STOP: 'STOP'>, <Decision.STOP: 'STOP'>]
+        >>> desk.stopped_at("t"), desk.judged("t")
+        (2.0, 2.0)
     """
+
+    #: 2: ``judged`` and ``stopped_at`` (a version-1 document loads with both empty).
+    STATE_VERSION = 2
 
     def __init__(self, scheduler: Any = None, stopper: Any = None) -> None:
         self.scheduler = scheduler
         self.stopper = stopper
         self._stopped: set[str] = set()
         self._stop_all = False
+        self._judged: dict[str, float] = {}
+        self._stopped_at: dict[str, float] = {}
+        self._points: dict[str, DecisionPoints | None] = {}
 
     def on_trial_add(self, trial_id: str, config: Mapping[str, Any]) -> None:
         """A trial was created; the scheduler learns of it before its first result."""
         if self.scheduler is not None:
             self.scheduler.on_trial_add(trial_id, config)
 
+    def points(self, trial_id: str) -> DecisionPoints | None:
+        """Where the trial waits for its decisions (the scheduler's decision points)."""
+        if trial_id not in self._points:
+            self._points[trial_id] = (
+                None if self.scheduler is None else self.scheduler.decision_points(trial_id)
+            )
+        return self._points[trial_id]
+
     def on_result(self, trial_id: str, row: Mapping[str, Any]) -> Decision:
         """The decision for ``trial_id`` after its result ``row``."""
         if trial_id in self._stopped or self._stop_all:
             return Decision.STOP
+        iteration = result_number(row, "training_iteration")
+        if iteration is not None:
+            self._judged[trial_id] = max(iteration, self._judged.get(trial_id, -math.inf))
         decision = Decision.CONTINUE
         if self.stopper is not None:
             if self.stopper(trial_id, row):
@@ -133,6 +155,8 @@ class DecisionDesk(Stateful):
                 decision = answer
         if decision is Decision.STOP:
             self._stopped.add(trial_id)
+            if iteration is not None:
+                self._stopped_at[trial_id] = iteration
             if self.scheduler is not None:
                 self.scheduler.on_trial_remove(trial_id)
         return decision
@@ -141,6 +165,17 @@ class DecisionDesk(Stateful):
     def stopped_all(self) -> bool:
         """The stopper ended the whole experiment."""
         return self._stop_all
+
+    def is_stopped(self, trial_id: str) -> bool:
+        return trial_id in self._stopped or self._stop_all
+
+    def judged(self, trial_id: str) -> float:
+        """The highest ``training_iteration`` of the trial the desk judged (0: none)."""
+        return self._judged.get(trial_id, 0.0)
+
+    def stopped_at(self, trial_id: str) -> float | None:
+        """The ``training_iteration`` whose result stopped the trial, if it was stopped."""
+        return self._stopped_at.get(trial_id)
 
     def settings(self) -> dict[str, Any]:
         return {
@@ -152,17 +187,34 @@ class DecisionDesk(Stateful):
         return {
             "stopped": sorted(self._stopped),
             "stop_all": self._stop_all,
+            "judged": dict(sorted(self._judged.items())),
+            "stopped_at": dict(sorted(self._stopped_at.items())),
             "scheduler": None if self.scheduler is None else self.scheduler.to_state(),
             "stopper": None if self.stopper is None else self.stopper.to_state(),
         }
 
     def load(self, data: Mapping[str, Any]) -> None:
-        self._stopped = {str(t) for t in data["stopped"]}
+        stopped = data["stopped"]
+        if not isinstance(stopped, list):
+            raise TypeError(f"'stopped' must be a list, got {type(stopped).__name__}")
+        self._stopped = {str(t) for t in stopped}
         self._stop_all = bool(data["stop_all"])
+        self._judged = _iterations(data.get("judged", {}), "judged")
+        self._stopped_at = _iterations(data.get("stopped_at", {}), "stopped_at")
         if self.scheduler is not None:
             self.scheduler.from_state(data["scheduler"])
         if self.stopper is not None:
             self.stopper.from_state(data["stopper"])
+
+
+def _iterations(value: Any, key: str) -> dict[str, float]:
+    """A stored ``trial id -> training_iteration`` table, checked."""
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{key!r} must be an object, got {type(value).__name__}")
+    out = {str(k): float(v) for k, v in value.items()}
+    if not all(math.isfinite(v) for v in out.values()):
+        raise ValueError(f"{key!r} holds a value that is not a finite number")
+    return out
 
 
 #: Where the desk's state (its stopped trials, the scheduler's and the stopper's) is stored,
@@ -171,32 +223,86 @@ DECISIONS_FILE = "decisions.json"
 
 
 class DeskControl:
-    """The trial-side control of a desk shared in this process (the thread executor).
+    """The desk, its storage and its lock: the driver's one way to judge rows and store state.
 
-    Each result row is judged by the desk under a lock, in the order rows arrive; a decision
-    other than CONTINUE is written to storage (the desk's whole state) before the trial acts on
-    it, so that a trial stopped stays stopped after a driver crash.
+    Rows are judged one at a time, in the order they come (:meth:`judge`); the state is
+    written by :meth:`commit` when it changed in a way a restore cannot rebuild from the
+    stored results: a decision other than CONTINUE, or one taken at a decision point (the
+    trial waits for it). Callers commit before any such decision leaves the driver.
+    In the driver's own process (the thread executor), it is also the trials' control:
+    :meth:`on_result` judges, commits and answers inside ``report()``.
     """
 
     def __init__(self, desk: DecisionDesk, storage: Any) -> None:
         self.desk = desk
         self.storage = storage
         self._lock = threading.Lock()
+        self._dirty = False
+        self._last_time: dict[str, float] = {}  # trial -> its last time_attr, in this process
 
     def on_trial_add(self, trial_id: str, config: Mapping[str, Any]) -> None:
         with self._lock:
             self.desk.on_trial_add(trial_id, config)
 
+    def points(self, trial_id: str) -> DecisionPoints | None:
+        with self._lock:
+            return self.desk.points(trial_id)
+
     def is_stopped(self, trial_id: str) -> bool:
         with self._lock:
-            return trial_id in self.desk._stopped or self.desk.stopped_all
+            return self.desk.is_stopped(trial_id)
+
+    def judged(self, trial_id: str) -> float:
+        with self._lock:
+            return self.desk.judged(trial_id)
+
+    def judge(self, trial_id: str, row: Mapping[str, Any], waits: bool) -> Decision:
+        """Judges one row; ``waits``: its trial waits for this decision (a decision point)."""
+        with self._lock:
+            decision = self.desk.on_result(trial_id, row)
+            if waits or decision is not Decision.CONTINUE:
+                self._dirty = True
+            return decision
+
+    def commit(self) -> None:
+        """Writes the state if a decision since the last write must outlive a crash."""
+        with self._lock:
+            if self._dirty:
+                self._write()
 
     def on_result(self, trial_id: str, result: Mapping[str, Any]) -> Decision:
+        """The trial-side control with trials in this process: judged and stored at once."""
         with self._lock:
+            waits = self._at_point(trial_id, result)
             decision = self.desk.on_result(trial_id, result)
-            if decision is not Decision.CONTINUE:
+            if waits or decision is not Decision.CONTINUE:
                 self._write()
             return decision
+
+    def _at_point(self, trial_id: str, result: Mapping[str, Any]) -> bool:
+        points = self.desk.points(trial_id)
+        if points is None:
+            return False
+        now = result_number(result, points.time_attr)
+        if now is None:
+            return False
+        last = self._last_time.get(trial_id)
+        self._last_time[trial_id] = now
+        return points.crossed(last, now)
+
+    def catch_up(
+        self, trial_id: str, config: Mapping[str, Any], rows: Iterable[Mapping[str, Any]]
+    ) -> int:
+        """Judges stored rows of a trial that the stored state had not judged (a restore);
+        returns how many. Every row counts as a decision point: the next commit stores them."""
+        count = 0
+        with self._lock:
+            self.desk.on_trial_add(trial_id, config)
+            for row in rows:
+                self.desk.on_result(trial_id, row)
+                count += 1
+            self._dirty = self._dirty or count > 0
+        return count
 
     def save(self) -> None:
         with self._lock:
@@ -204,6 +310,7 @@ class DeskControl:
 
     def _write(self) -> None:
         self.storage.write_bytes(DECISIONS_FILE, json.dumps(self.desk.to_state()).encode())
+        self._dirty = False
 
     def load(self) -> None:
         """Takes back the stored state, if any.
