@@ -24,7 +24,7 @@ def run_port(name: str, home: Path, prefect_api: str) -> str:
     env.update(
         HOME=str(home),  # the default storage_path, ~/prefect_tune_results, lands here
         PREFECT_API_URL=prefect_api,
-        DASK_DISTRIBUTED__WORKER__RESOURCES__CPU="1",  # Ray's {"cpu": 1} per trial
+        DASK_DISTRIBUTED__WORKER__RESOURCES='{"CPU": 1}',  # Ray's {"cpu": 1} per trial
         PYTHONPATH=REPO_ROOT,
     )
     done = subprocess.run(

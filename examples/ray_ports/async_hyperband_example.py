@@ -6,9 +6,9 @@ prefect-tune by changing its imports only: ``from ray import tune`` and
 
 ``with_resources(..., {"cpu": 1, "gpu": 0})`` asks each trial for one Dask ``CPU`` resource: the
 cluster's workers must have one, as Ray's nodes do (``dask worker ... --resources CPU=1``, or
-``DASK_DISTRIBUTED__WORKER__RESOURCES__CPU=1`` for the default local cluster).
+``DASK_DISTRIBUTED__WORKER__RESOURCES='{"CPU": 1}'`` for the default local cluster).
 
-    DASK_DISTRIBUTED__WORKER__RESOURCES__CPU=1 python examples/ray_ports/async_hyperband_example.py --smoke-test
+    DASK_DISTRIBUTED__WORKER__RESOURCES='{"CPU": 1}' python examples/ray_ports/async_hyperband_example.py --smoke-test
 """
 
 import argparse
@@ -36,9 +36,7 @@ def easy_objective(config):
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    parser.add_argument(
-        "--smoke-test", action="store_true", help="Finish quickly for testing"
-    )
+    parser.add_argument("--smoke-test", action="store_true", help="Finish quickly for testing")
     args, _ = parser.parse_known_args()
 
     # AsyncHyperBand enables aggressive early stopping of bad trials.

@@ -3,18 +3,14 @@
 Status: ``TuneConfig(scheduler=ASHAScheduler | MedianStoppingRule)`` and
 ``RunConfig(stop=Stopper)`` are wired: over Dask by the channel in ``_channel.py``
 (``DaskDeskChannel`` on the driver, ``RemoteDeskControl`` in the trial), with trials in the
-driver's process by :class:`DeskControl` directly. The desk's state is ``decisions.json``,
-written at each decision other than CONTINUE (before it is sent) and with each snapshot.
-PBT (PAUSE and exploit) and ``TuneConfig(search_alg=...)`` are not wired yet (refused with a
-ConfigError).
+driver's process by :class:`DeskControl` directly, and resume exactly after a driver is
+killed ("Exact resume" below). PBT (PAUSE and exploit) and ``TuneConfig(search_alg=...)`` are
+not wired here (refused with a ConfigError).
 
-Figures of the wired channel (one run each, 2-core machine shared with other jobs, 2026-12-04):
+Figures (one run each, 2-core machine shared with other jobs' tests, 2026-12-04; noisy):
 ``python -m bench.decision_latency``: decision latency p50 4.7 ms, p95 5.3 ms, max 6.6 ms (100
-trials; mostly the ~5 ms batching). ``python -m bench.run --only W2 --repeat 1 --full`` (4 x
-2,000 reports): over ``fit()`` 7,564 reports/s with ASHA on vs 7,508 off (101 %; the fit's wall
-is mostly start-up at this size); inside one trial's loop 25,332 vs 122,714 reports/s (21 %:
-below the 50 % target for the in-trial rate; the per-row cost, serialising the batched rows in
-the worker's event loop under the trial's GIL, is to be cut next).
+trials; mostly the ~5 ms batching). ``python -m bench.run --only W2 --full --repeat 1``
+(4 x 2,000 reports, ASHA's rungs beyond the run, so no decision points): see "W2 with ASHA".
 
 Design
 ------
@@ -23,28 +19,28 @@ the trial's ``result.json`` before anything else happens). Besides, each row goe
 driver, and a decision other than CONTINUE comes *down*::
 
     worker (trial t)                      Dask scheduler               driver (flow run)
-    report(row) ──► result.json (storage)
+    report(row) ──► results (storage: at each checkpoint, else every few seconds)
         │ Worker.log_event(topic, row)  ──► batched, fire and forget ──► Client.subscribe_topic
         │                                                                 │ queue → controller
         │                                                                 ▼ thread
         │                                                   DecisionDesk.on_result(t, row)
         │                                                   stopper, then scheduler (pure cores)
-        │                                        STOP/PAUSE: stored in t's state first, then
+        │                                  STOP/PAUSE, or any answer at a decision point:
+        │                                  decisions.json written first (one per batch), then
         │ ◄── Client.run(deliver, workers=[t's worker]) ◄── sent to t's worker only
         ▼
     next report(): the trial's control reads the decision from a dict in its own process
-    (O(1), no I/O, no wait) and unwinds with TrialStopped(STOP or PAUSE).
+    (O(1), no I/O, no wait) and unwinds with TrialStopped(STOP or PAUSE); at a decision point
+    (a rung) that report() waits for its answer instead.
 
 Why this way, not decisions on the worker from storage (as Optuna's pruners read their RDB):
 ASHA, the median rule and PBT compare a trial with all others. Taken on the worker, every
 report would read other trials' results from storage (S3: tens of ms each), and two workers
 could judge the same rung from different snapshots, which no restore can replay exactly. Taken
 in one driver thread, in the order results arrive, every decision is a function of the event
-sequence, and the cores' state (``to_state()``) is stored with the experiment snapshot; the
-stored decision of a trial, written before it is sent, is what makes "a trial stopped by ASHA
-stays stopped" hold after a crash: a restored trial whose stored state says STOP is not run,
-and rows replayed from a checkpoint are judged once (the cores skip a ``training_iteration``
-they have seen).
+sequence, and the cores' state (``to_state()``) is stored before any decision leaves the
+driver (see "Exact resume"); rows replayed from a checkpoint are judged once (the cores skip a
+``training_iteration`` they have seen).
 
 Figures (``python -m bench.decision_channel``: 2 worker processes x 2 threads, loopback, on a
 2-core machine shared with other jobs; one run, 2026-12-04):
@@ -61,9 +57,71 @@ decision round trip, 3 other trials flooding     p50 1.9 ms, p95 3.5 ms, one of 
 So the driver keeps up with W2's rate and decisions arrive well within 100 ms p95; the cost to
 watch is the worker side: one ``log_event`` per row would take W2's in-trial rate from ~38,000
 to ~6,500 rows/s per trial. The wiring therefore buffers rows in the trial's process and sends
-them as one event per ~5 ms (an append per report; the decision latency budget absorbs 5 ms),
-to be measured with W2 + ASHA against the >= 50 % target. Only non-CONTINUE decisions travel
-down (ASHA: once per stopped trial), so the down path's cost does not scale with reports.
+them as one event per ~5 ms (an append per report; the decision latency budget absorbs 5 ms).
+Down travel only non-CONTINUE decisions and the answers at decision points (ASHA: a few per
+trial), so the down path's cost does not scale with reports.
+
+Exact resume
+------------
+What a crash may cost a decision, and why none is undone or taken twice. A decision *takes
+effect* when a trial acts on it: a STOP or PAUSE when it reaches the trial, a CONTINUE when the
+trial runs on past the result that was judged. Two rules keep every decision that took effect
+in storage:
+
+1. **Stored before it leaves.** The desk's state (``decisions.json``: stopped trials and where,
+   the highest iteration judged per trial, the cores' ``to_state()``) is written before any
+   decision goes down. Over Dask the desk's thread takes every message queued, judges their
+   rows in arrival order, writes the state once for the whole batch (a group commit: one write
+   however many trials wait) and only then sends the answers, one ``Client.run`` per worker.
+2. **Decision points wait.** A scheduler names the results whose decision changes its state
+   (``TrialScheduler.decision_points``: ASHA the first result at or past each of the trial's
+   rungs and ``max_t``; the median rule every result from its grace period on). At such a
+   result ``report()`` sends its rows at once and waits until the answer, stored first, is
+   back (CONTINUE included): a trial never runs past a rung whose decision a crash could lose.
+   Elsewhere rows go up in ~5 ms batches and nothing waits (CONTINUE is the default).
+
+What is left in memory only at a kill is therefore either a judgment of a row between decision
+points (state a restore rebuilds from the stored results) or one no trial has acted on. On
+restore the stored state is loaded, checked (another scheduler, stopper or settings is refused
+with ``DecisionStateMismatchError``) and then *caught up*: the rows in storage that it has not
+judged (``judged`` per trial) are judged, in trial index order, each trial's rows in order (so
+the same stored experiment always resumes to the same decisions), up to each unfinished
+trial's latest checkpoint (the rows after it are reported again by the re-run, and judged
+then), and the state is stored. A trial whose stored decision is STOP is not run again.
+
+So, after any kill: a trial stopped by ASHA stays stopped, at the same iteration; a rung
+record is never undone, changed or made twice (each rung as stored at a kill is a prefix of
+the rung at the end, in the same order); a trial ASHA let continue at a rung is not judged at
+that rung again; with a scheduler that names its decision points a trial stops at the very
+report whose result stopped it. A judgment lost at the kill is made again, once, after it,
+from the stored rows: its context (which trials had reached the rung before) may differ from
+the one the lost judgment saw, but that judgment had not taken effect. Stoppers name no
+decision points: their STOP reaches a trial asynchronously, a report or more after the one
+that triggered it (as without a crash); their per-trial counts are rebuilt exactly from the
+stored rows. ``tests/crash/test_crash_decisions.py`` kills the driver (SIGKILL, process group
+and driver alone) right after a STOP and right after a rung decision to go on was stored, and
+checks all of this from storage and the trainable's side log.
+
+Why not rebuild the scheduler on restore by replaying every stored row instead (no waits)?
+Rows reach the desk in an order no storage records (two trials at one rung: which came first
+decides), so a replay in any fixed order can reach other decisions than the ones trials
+already acted on; recording the order would be a write per batch of rows, that is, this
+design without its waits. The waits cost one round trip per decision point (ASHA: a few per
+trial, log-spaced; the median rule: one per result past its grace period, which is cheap at
+Ray's usual one report a second or slower, and the thing to avoid with thousands of reports a
+second). Catch-up reads the results of only the trials with rows the stored state has not
+judged.
+
+W2 with ASHA
+------------
+The per-row cost on the worker was Dask's own check of a ``log_event`` message
+(``_is_dumpable``, in the trial's thread), which walks every value of every row of a batch:
+with ~15 values a row it cost more than ``report()`` itself. Rows now go up packed into one
+``bytes`` value (msgpack; JSON for an int beyond 64 bits), which Dask checks and sends as it
+is. ``python -m bench.run --only W2 --full --repeat 1``, one run
+each, machine noisy: inside one trial's loop, before 14,544 reports/s with ASHA on vs 59,877
+off (24 %; 21 % in an earlier run), after 76,164 vs 122,727 (62 %); over ``fit()`` 100-101 %
+both times (the fit's wall is mostly start-up at this size).
 
 Should the driver fall behind (a slow custom scheduler), rows queue in its process, trials go
 on (CONTINUE is the default of a decision not yet taken), and the decision reaches the trial at

@@ -148,9 +148,7 @@ def replay_rung(recorded: dict[str, float]) -> dict[str, bool]:
     out, seen = {}, []
     for trial_id, score in recorded.items():
         values = np.array(seen, dtype=float)
-        cutoff = (
-            None if not seen else float(np.nanpercentile(values, (1 - 1 / REDUCTION) * 100))
-        )
+        cutoff = None if not seen else float(np.nanpercentile(values, (1 - 1 / REDUCTION) * 100))
         out[trial_id] = cutoff is not None and score < cutoff
         seen.append(score)
     return out
