@@ -152,8 +152,8 @@ class TuneController:
         self.failure_config = failure_config
         self.stop = stop
         self.decisions = self._desk(stop, scheduler, executor, store)
-        if self.decisions is not None:
-            self.stop = None  # the Stopper is the desk's
+        if self.decisions is not None and self.decisions.desk.stopper is not None:
+            self.stop = None  # the Stopper is the desk's; a dict or function stays the trial's
         self.max_concurrent = max_concurrent_trials
         self.time_budget_s = time_budget_s
         self.policy = policy or ResumePolicy()

@@ -269,3 +269,9 @@ def test_decision_points_of_asha_and_the_median_rule():
         True,
         True,
     ]
+
+
+def test_a_stop_dict_still_applies_with_a_scheduler(tmp_path):
+    store, trials = run(str(tmp_path / "exp"), scheduler=asha(), stop={"training_iteration": 2})
+    assert {len(store.read_history(t)) for t in trials} <= {1, 2}
+    assert max(len(store.read_history(t)) for t in trials) == 2
