@@ -107,7 +107,8 @@ class Tuner:
     Args:
         trainable: ``def train_fn(config: dict) -> None`` calling ``report()``; it must be
             importable on the Dask workers (defined in a module, not in ``__main__`` of a
-            notebook that workers cannot import — cloudpickle ships it otherwise).
+            notebook that workers cannot import — cloudpickle ships it otherwise); or a
+            :class:`~prefect_tune.Trainable` subclass (Ray Tune's class trainable).
         param_space: The search space: a dict of constants, domains (``uniform``...) and
             ``grid_search`` lists, nested dicts allowed.
         tune_config: Metric, mode, samples, concurrency, seed.
