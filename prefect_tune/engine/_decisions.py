@@ -8,8 +8,9 @@ killed ("Exact resume" below). PBT (PAUSE and exploit) and ``TuneConfig(search_a
 not wired here (refused with a ConfigError).
 
 Figures (one run each, 2-core machine shared with other jobs' tests, 2026-12-04; noisy):
-``python -m bench.decision_latency``: decision latency p50 4.7 ms, p95 5.3 ms, max 6.6 ms (100
-trials; mostly the ~5 ms batching). ``python -m bench.run --only W2 --full --repeat 1``
+``python -m bench.decision_latency``: decision latency p50 5.6 ms, p95 7.5 ms, max 12.4 ms (100
+trials; mostly the ~5 ms batching; before the group commit and decision points: p50 4.7 ms,
+p95 5.3 ms). ``python -m bench.run --only W2 --full --repeat 1``
 (4 x 2,000 reports, ASHA's rungs beyond the run, so no decision points): see "W2 with ASHA".
 
 Design
@@ -120,7 +121,8 @@ with ~15 values a row it cost more than ``report()`` itself. Rows now go up pack
 ``bytes`` value (msgpack; JSON for an int beyond 64 bits), which Dask checks and sends as it
 is. ``python -m bench.run --only W2 --full --repeat 1``, one run
 each, machine noisy: inside one trial's loop, before 14,544 reports/s with ASHA on vs 59,877
-off (24 %; 21 % in an earlier run), after 76,164 vs 122,727 (62 %); over ``fit()`` 100-101 %
+off (24 %; 21 % in an earlier run), after 76,164 vs 122,727 (62 %) and in a second run
+55,212 vs 68,943 (80 %); over ``fit()`` 100-101 %
 both times (the fit's wall is mostly start-up at this size).
 
 Should the driver fall behind (a slow custom scheduler), rows queue in its process, trials go
