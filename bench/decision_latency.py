@@ -51,7 +51,7 @@ def main() -> None:
         channel = DaskDeskChannel(desk, client, "prefect-tune-decision-latency")
         try:
             lat = sorted(
-                client.submit(_trial, channel.control(r), f"t{r}", pure=False).result()
+                client.submit(_trial, channel.control(r, f"t{r}"), f"t{r}", pure=False).result()
                 for r in range(args.rounds)
             )
         finally:

@@ -39,6 +39,7 @@ from prefect_tune.space import (
 )
 from prefect_tune.state import TrialStatus
 from prefect_tune.storage import TuneStorage
+from prefect_tune.trainable import Trainable
 from prefect_tune.tuner import Tuner
 
 __version__ = "0.1.0"
@@ -60,6 +61,7 @@ __all__ = [
     "TrialContext",
     "TrialError",
     "WorkerLostError",
+    "Trainable",
     "TrialStatus",
     "TuneConfig",
     "TuneStorage",

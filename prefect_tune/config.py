@@ -115,9 +115,11 @@ class CheckpointConfig:
             checkpoint is always kept too, because a resume needs it.
         checkpoint_score_attribute: Reported metric that ranks checkpoints.
         checkpoint_score_order: ``"max"`` (default) or ``"min"``.
-        checkpoint_frequency: Class trainables only in Ray Tune; function trainables checkpoint
-            by passing ``checkpoint=`` to ``report()``, so it must stay 0.
-        checkpoint_at_end: Likewise for class trainables only; must stay None or False.
+        checkpoint_frequency: Class trainables (:class:`~prefect_tune.Trainable`) only, as in
+            Ray Tune: checkpoint after every this many iterations. Function trainables
+            checkpoint by passing ``checkpoint=`` to ``report()``; with them it must stay 0.
+        checkpoint_at_end: Class trainables only: checkpoint after the result with
+            ``done=True``; with function trainables it must stay None or False.
     """
 
     num_to_keep: int | None = None
@@ -141,12 +143,8 @@ class CheckpointConfig:
                 f"must be 'max' or 'min', got {self.checkpoint_score_order!r}.",
             )
         _check_int(name, "checkpoint_frequency", self.checkpoint_frequency, 0, allow_none=False)
-        if self.checkpoint_frequency or self.checkpoint_at_end:
-            raise ConfigError(
-                "CheckpointConfig: checkpoint_frequency and checkpoint_at_end apply to class "
-                "trainables, which prefect-tune does not run; a function trainable checkpoints "
-                "with report(metrics, checkpoint=Checkpoint.from_directory(...))."
-            )
+        if self.checkpoint_at_end is not None and not isinstance(self.checkpoint_at_end, bool):
+            raise _fail(name, "checkpoint_at_end", "must be True, False or None.")
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from prefect_tune.exceptions import (
 from prefect_tune.results import ResultGrid
 from prefect_tune.state import ExperimentDefinition, ExperimentStore, FlowRunRecord, Lease
 from prefect_tune.storage import StorageSpec, TuneStorage, public_url, resolve_spec
+from prefect_tune.trainable import class_trainable_runner
 
 logger = logging.getLogger("prefect_tune")
 
@@ -50,6 +51,22 @@ DEFAULT_DASHBOARD_ADDRESS = "127.0.0.1:8787"
 def _qualified_name(fn: Callable[..., Any]) -> str:
     module = getattr(fn, "__module__", None) or "?"
     return f"{module}.{getattr(fn, '__qualname__', type(fn).__name__)}"
+
+
+def _function_trainable(trainable: Any, run_config: Any) -> Callable[[dict[str, Any]], Any]:
+    """The trainable as the function a trial runs: a Trainable subclass is wrapped."""
+    checkpoints = getattr(run_config, "checkpoint_config", None) or CheckpointConfig()
+    if isinstance(trainable, type):
+        return class_trainable_runner(
+            trainable, checkpoints.checkpoint_frequency, bool(checkpoints.checkpoint_at_end)
+        )
+    if checkpoints.checkpoint_frequency or checkpoints.checkpoint_at_end:
+        raise ConfigError(
+            "CheckpointConfig: checkpoint_frequency and checkpoint_at_end apply to class "
+            "trainables (prefect_tune.Trainable); a function trainable checkpoints with "
+            "report(metrics, checkpoint=Checkpoint.from_directory(...))."
+        )
+    return trainable
 
 
 def _trainable_name(fn: Callable[..., Any]) -> str:
@@ -91,7 +108,8 @@ class Tuner:
     Args:
         trainable: ``def train_fn(config: dict) -> None`` calling ``report()``; it must be
             importable on the Dask workers (defined in a module, not in ``__main__`` of a
-            notebook that workers cannot import — cloudpickle ships it otherwise).
+            notebook that workers cannot import — cloudpickle ships it otherwise); or a
+            :class:`~prefect_tune.Trainable` subclass (Ray Tune's class trainable).
         param_space: The search space: a dict of constants, domains (``uniform``...) and
             ``grid_search`` lists, nested dicts allowed.
         tune_config: Metric, mode, samples, concurrency, seed.
@@ -130,11 +148,6 @@ class Tuner:
             raise ConfigError(
                 f"Tuner: trainable must be a function taking a config dict, got {type(trainable).__name__}."
             )
-        if isinstance(trainable, type):
-            raise ConfigError(
-                "Tuner: class trainables are not supported; pass a function "
-                "`def train_fn(config): ... report(...)`."
-            )
         tune_config = tune_config if tune_config is not None else TuneConfig()
         run_config = run_config if run_config is not None else RunConfig()
         if not isinstance(tune_config, TuneConfig):
@@ -145,6 +158,7 @@ class Tuner:
             raise ConfigError(
                 "Tuner: task_runner must be a Prefect task runner such as DaskTaskRunner(...)."
             )
+        trainable = _function_trainable(trainable, run_config)
         self.trainable = trainable
         self.param_space = dict(param_space or {})
         self.tune_config = tune_config

@@ -205,3 +205,43 @@ def dips(config: dict[str, Any]) -> None:
                 {"loss": float(config["x"]) + abs(step - int(config["low"]))},
                 checkpoint=Checkpoint.from_directory(d),
             )
+
+
+class CountingTrainable(tune.Trainable):
+    """A class trainable: ``value`` grows by ``x`` each step, for ``steps`` steps (``done``
+    then). Logs ``setup``, ``step N``, ``load N`` and ``cleanup`` to ``config["log"]`` (a
+    file), and raises once at step ``fail_at`` while the file ``config["flag"]`` exists."""
+
+    def setup(self, config):
+        self.value = 0.0
+        self._log("setup")
+
+    def _log(self, line):
+        with open(self.config["log"], "a") as handle:
+            handle.write(line + "\n")
+
+    def step(self):
+        import os
+
+        step = self.iteration + 1
+        flag = self.config.get("flag")
+        if step == self.config.get("fail_at") and flag and os.path.exists(flag):
+            os.remove(flag)
+            raise RuntimeError(f"injected failure at step {step}")
+        self.value += self.config["x"]
+        self._log(f"step {step}")
+        return {"value": self.value, "done": step >= self.config["steps"]}
+
+    def save_checkpoint(self, checkpoint_dir):
+        import os
+
+        with open(os.path.join(checkpoint_dir, "weights.txt"), "w") as handle:
+            handle.write(repr(self.value))
+        return {"value": self.value}
+
+    def load_checkpoint(self, checkpoint):
+        self.value = checkpoint["value"]
+        self._log(f"load {self.iteration}")
+
+    def cleanup(self):
+        self._log("cleanup")

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-__all__ = ["Decision", "StopCriteria", "TrialControl", "TrialStopped"]
+__all__ = ["Decision", "DecisionPoints", "StopCriteria", "TrialControl", "TrialStopped"]
 
 
 class Decision(enum.Enum):
@@ -34,6 +34,39 @@ class TrialControl(Protocol):
     """
 
     def on_result(self, trial_id: str, result: Mapping[str, Any]) -> Decision: ...
+
+
+@dataclass(frozen=True)
+class DecisionPoints:
+    """The results of one trial at which a scheduler takes a decision that changes its state
+    (ASHA: the first result at or past each rung; the median rule: every result from its grace
+    period on).
+
+    A trial that reports such a result waits, inside that ``report()``, until the decision is
+    stored and has come back: it never runs past a decision point whose decision a crash could
+    lose (see :mod:`prefect_tune.engine._decisions`).
+
+    Args:
+        time_attr: The result that measures the trial's progress.
+        milestones: Each first result with ``time_attr`` at or past one of these is a point.
+        every_from: Every result with ``time_attr`` at or past this is a point.
+
+    Examples:
+        >>> points = DecisionPoints("training_iteration", milestones=(1.0, 3.0))
+        >>> [points.crossed(last, now) for last, now in ((None, 1), (1, 2), (2, 4), (4, 5))]
+        [True, False, True, False]
+    """
+
+    time_attr: str
+    milestones: tuple[float, ...] = ()
+    every_from: float | None = None
+
+    def crossed(self, last: float | None, now: float) -> bool:
+        """Whether the result whose ``time_attr`` is ``now`` is a point, the trial's previous
+        one (in this task run) having been ``last`` (None: none)."""
+        if self.every_from is not None and now >= self.every_from:
+            return True
+        return any(now >= m and (last is None or last < m) for m in self.milestones)
 
 
 @dataclass(frozen=True)

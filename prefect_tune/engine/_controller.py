@@ -152,8 +152,8 @@ class TuneController:
         self.failure_config = failure_config
         self.stop = stop
         self.decisions = self._desk(stop, scheduler, executor, store)
-        if self.decisions is not None:
-            self.stop = None  # the Stopper is the desk's
+        if self.decisions is not None and self.decisions.desk.stopper is not None:
+            self.stop = None  # the Stopper is the desk's; a dict or function stays the trial's
         self.max_concurrent = max_concurrent_trials
         self.time_budget_s = time_budget_s
         self.policy = policy or ResumePolicy()
@@ -221,10 +221,10 @@ class TuneController:
             topic = f"prefect-tune-decisions-{self.definition.experiment_id}-{self.lease.owner}"
             self._channel = DaskDeskChannel(self.decisions, client, topic)
 
-    def _trial_control(self) -> Any:
+    def _trial_control(self, trial_id: str) -> Any:
         if self._channel is not None:
             self._submissions += 1
-            return self._channel.control(self._submissions)
+            return self._channel.control(self._submissions, trial_id)
         return self.decisions
 
     def _load_decisions(self) -> None:
@@ -238,6 +238,53 @@ class TuneController:
                 "gives them too: set them in one place only."
             )
         self.decisions.load()
+        self._catch_up_decisions()
+
+    def _catch_up_decisions(self) -> None:
+        """Judges the stored results that the stored decisions have not judged yet: those a
+        driver judged in its last moments without storing (none of them had been acted on),
+        and those it never saw. In index order, each trial's rows in order, so that the same
+        stored experiment always resumes to the same decisions. A trial that runs again
+        reports the rows after its latest checkpoint anew: only those up to it are judged here.
+        """
+        judged = 0
+        for index in sorted(self._packed):
+            packed = self._packed[index]
+            summary = packed.unpack()
+            if self.decisions.is_stopped(summary.trial_id):
+                continue
+            if packed.status is TrialStatus.TERMINATED:
+                last = (summary.last_result or {}).get("training_iteration")
+                if not isinstance(last, (int, float)) or last <= self.decisions.judged(
+                    summary.trial_id
+                ):
+                    continue
+            trial = self.store.read_trial(summary.dir_name)
+            if trial is None:
+                continue
+            if trial.status is TrialStatus.TERMINATED or (
+                trial.status is TrialStatus.ERROR
+                and not (self.policy.resume_errored or self.policy.restart_errored)
+            ):
+                upto = math.inf
+            elif trial.status is TrialStatus.ERROR and self.policy.restart_errored:
+                upto = 0.0
+            else:
+                latest = trial.latest_checkpoint
+                upto = float(latest.training_iteration) if latest is not None else 0.0
+            since = self.decisions.judged(trial.trial_id)
+            if upto <= since:
+                continue
+            rows = [
+                row
+                for row in self.store.read_history(trial)
+                if isinstance(row.get("training_iteration"), (int, float))
+                and since < row["training_iteration"] <= upto
+            ]
+            judged += self.decisions.catch_up(trial.trial_id, trial.config, rows)
+        if judged:
+            logger.info("Judged %d stored results the stored decisions had not judged.", judged)
+            self.decisions.commit()
 
     # -- trial table ---------------------------------------------------------------------------
 
@@ -509,7 +556,7 @@ class TuneController:
             flow_run_id=self.flow_run.flow_run_id if self.flow_run else None,
             lease_owner=self.lease.owner,
             fence_interval_s=self.fence_interval_s,
-            decisions=self._trial_control(),
+            decisions=self._trial_control(trial.trial_id),
         )
         trial.status = TrialStatus.RUNNING
         handle = self.executor.submit(request)

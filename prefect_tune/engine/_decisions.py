@@ -3,18 +3,15 @@
 Status: ``TuneConfig(scheduler=ASHAScheduler | MedianStoppingRule)`` and
 ``RunConfig(stop=Stopper)`` are wired: over Dask by the channel in ``_channel.py``
 (``DaskDeskChannel`` on the driver, ``RemoteDeskControl`` in the trial), with trials in the
-driver's process by :class:`DeskControl` directly. The desk's state is ``decisions.json``,
-written at each decision other than CONTINUE (before it is sent) and with each snapshot.
-PBT (PAUSE and exploit) and ``TuneConfig(search_alg=...)`` are not wired yet (refused with a
-ConfigError).
+driver's process by :class:`DeskControl` directly, and resume exactly after a driver is
+killed ("Exact resume" below). PBT (PAUSE and exploit) and ``TuneConfig(search_alg=...)`` are
+not wired here (refused with a ConfigError).
 
-Figures of the wired channel (one run each, 2-core machine shared with other jobs, 2026-12-04):
-``python -m bench.decision_latency``: decision latency p50 4.7 ms, p95 5.3 ms, max 6.6 ms (100
-trials; mostly the ~5 ms batching). ``python -m bench.run --only W2 --repeat 1 --full`` (4 x
-2,000 reports): over ``fit()`` 7,564 reports/s with ASHA on vs 7,508 off (101 %; the fit's wall
-is mostly start-up at this size); inside one trial's loop 25,332 vs 122,714 reports/s (21 %:
-below the 50 % target for the in-trial rate; the per-row cost, serialising the batched rows in
-the worker's event loop under the trial's GIL, is to be cut next).
+Figures (one run each, 2-core machine shared with other jobs' tests, 2026-12-04; noisy):
+``python -m bench.decision_latency``: decision latency p50 5.6 ms, p95 7.5 ms, max 12.4 ms (100
+trials; mostly the ~5 ms batching; before the group commit and decision points: p50 4.7 ms,
+p95 5.3 ms). ``python -m bench.run --only W2 --full --repeat 1``
+(4 x 2,000 reports, ASHA's rungs beyond the run, so no decision points): see "W2 with ASHA".
 
 Design
 ------
@@ -23,28 +20,28 @@ the trial's ``result.json`` before anything else happens). Besides, each row goe
 driver, and a decision other than CONTINUE comes *down*::
 
     worker (trial t)                      Dask scheduler               driver (flow run)
-    report(row) ──► result.json (storage)
+    report(row) ──► results (storage: at each checkpoint, else every few seconds)
         │ Worker.log_event(topic, row)  ──► batched, fire and forget ──► Client.subscribe_topic
         │                                                                 │ queue → controller
         │                                                                 ▼ thread
         │                                                   DecisionDesk.on_result(t, row)
         │                                                   stopper, then scheduler (pure cores)
-        │                                        STOP/PAUSE: stored in t's state first, then
+        │                                  STOP/PAUSE, or any answer at a decision point:
+        │                                  decisions.json written first (one per batch), then
         │ ◄── Client.run(deliver, workers=[t's worker]) ◄── sent to t's worker only
         ▼
     next report(): the trial's control reads the decision from a dict in its own process
-    (O(1), no I/O, no wait) and unwinds with TrialStopped(STOP or PAUSE).
+    (O(1), no I/O, no wait) and unwinds with TrialStopped(STOP or PAUSE); at a decision point
+    (a rung) that report() waits for its answer instead.
 
 Why this way, not decisions on the worker from storage (as Optuna's pruners read their RDB):
 ASHA, the median rule and PBT compare a trial with all others. Taken on the worker, every
 report would read other trials' results from storage (S3: tens of ms each), and two workers
 could judge the same rung from different snapshots, which no restore can replay exactly. Taken
 in one driver thread, in the order results arrive, every decision is a function of the event
-sequence, and the cores' state (``to_state()``) is stored with the experiment snapshot; the
-stored decision of a trial, written before it is sent, is what makes "a trial stopped by ASHA
-stays stopped" hold after a crash: a restored trial whose stored state says STOP is not run,
-and rows replayed from a checkpoint are judged once (the cores skip a ``training_iteration``
-they have seen).
+sequence, and the cores' state (``to_state()``) is stored before any decision leaves the
+driver (see "Exact resume"); rows replayed from a checkpoint are judged once (the cores skip a
+``training_iteration`` they have seen).
 
 Figures (``python -m bench.decision_channel``: 2 worker processes x 2 threads, loopback, on a
 2-core machine shared with other jobs; one run, 2026-12-04):
@@ -61,9 +58,72 @@ decision round trip, 3 other trials flooding     p50 1.9 ms, p95 3.5 ms, one of 
 So the driver keeps up with W2's rate and decisions arrive well within 100 ms p95; the cost to
 watch is the worker side: one ``log_event`` per row would take W2's in-trial rate from ~38,000
 to ~6,500 rows/s per trial. The wiring therefore buffers rows in the trial's process and sends
-them as one event per ~5 ms (an append per report; the decision latency budget absorbs 5 ms),
-to be measured with W2 + ASHA against the >= 50 % target. Only non-CONTINUE decisions travel
-down (ASHA: once per stopped trial), so the down path's cost does not scale with reports.
+them as one event per ~5 ms (an append per report; the decision latency budget absorbs 5 ms).
+Down travel only non-CONTINUE decisions and the answers at decision points (ASHA: a few per
+trial), so the down path's cost does not scale with reports.
+
+Exact resume
+------------
+What a crash may cost a decision, and why none is undone or taken twice. A decision *takes
+effect* when a trial acts on it: a STOP or PAUSE when it reaches the trial, a CONTINUE when the
+trial runs on past the result that was judged. Two rules keep every decision that took effect
+in storage:
+
+1. **Stored before it leaves.** The desk's state (``decisions.json``: stopped trials and where,
+   the highest iteration judged per trial, the cores' ``to_state()``) is written before any
+   decision goes down. Over Dask the desk's thread takes every message queued, judges their
+   rows in arrival order, writes the state once for the whole batch (a group commit: one write
+   however many trials wait) and only then sends the answers, one ``Client.run`` per worker.
+2. **Decision points wait.** A scheduler names the results whose decision changes its state
+   (``TrialScheduler.decision_points``: ASHA the first result at or past each of the trial's
+   rungs and ``max_t``; the median rule every result from its grace period on). At such a
+   result ``report()`` sends its rows at once and waits until the answer, stored first, is
+   back (CONTINUE included): a trial never runs past a rung whose decision a crash could lose.
+   Elsewhere rows go up in ~5 ms batches and nothing waits (CONTINUE is the default).
+
+What is left in memory only at a kill is therefore either a judgment of a row between decision
+points (state a restore rebuilds from the stored results) or one no trial has acted on. On
+restore the stored state is loaded, checked (another scheduler, stopper or settings is refused
+with ``DecisionStateMismatchError``) and then *caught up*: the rows in storage that it has not
+judged (``judged`` per trial) are judged, in trial index order, each trial's rows in order (so
+the same stored experiment always resumes to the same decisions), up to each unfinished
+trial's latest checkpoint (the rows after it are reported again by the re-run, and judged
+then), and the state is stored. A trial whose stored decision is STOP is not run again.
+
+So, after any kill: a trial stopped by ASHA stays stopped, at the same iteration; a rung
+record is never undone, changed or made twice (each rung as stored at a kill is a prefix of
+the rung at the end, in the same order); a trial ASHA let continue at a rung is not judged at
+that rung again; with a scheduler that names its decision points a trial stops at the very
+report whose result stopped it. A judgment lost at the kill is made again, once, after it,
+from the stored rows: its context (which trials had reached the rung before) may differ from
+the one the lost judgment saw, but that judgment had not taken effect. Stoppers name no
+decision points: their STOP reaches a trial asynchronously, a report or more after the one
+that triggered it (as without a crash); their per-trial counts are rebuilt exactly from the
+stored rows. ``tests/crash/test_crash_decisions.py`` kills the driver (SIGKILL, process group
+and driver alone) right after a STOP and right after a rung decision to go on was stored, and
+checks all of this from storage and the trainable's side log.
+
+Why not rebuild the scheduler on restore by replaying every stored row instead (no waits)?
+Rows reach the desk in an order no storage records (two trials at one rung: which came first
+decides), so a replay in any fixed order can reach other decisions than the ones trials
+already acted on; recording the order would be a write per batch of rows, that is, this
+design without its waits. The waits cost one round trip per decision point (ASHA: a few per
+trial, log-spaced; the median rule: one per result past its grace period, which is cheap at
+Ray's usual one report a second or slower, and the thing to avoid with thousands of reports a
+second). Catch-up reads the results of only the trials with rows the stored state has not
+judged.
+
+W2 with ASHA
+------------
+The per-row cost on the worker was Dask's own check of a ``log_event`` message
+(``_is_dumpable``, in the trial's thread), which walks every value of every row of a batch:
+with ~15 values a row it cost more than ``report()`` itself. Rows now go up packed into one
+``bytes`` value (msgpack; JSON for an int beyond 64 bits), which Dask checks and sends as it
+is. ``python -m bench.run --only W2 --full --repeat 1``, one run
+each, machine noisy: inside one trial's loop, before 14,544 reports/s with ASHA on vs 59,877
+off (24 %; 21 % in an earlier run), after 76,164 vs 122,727 (62 %) and in a second run
+55,212 vs 68,943 (80 %); over ``fit()`` 100-101 %
+both times (the fit's wall is mostly start-up at this size).
 
 Should the driver fall behind (a slow custom scheduler), rows queue in its process, trials go
 on (CONTINUE is the default of a decision not yet taken), and the decision reaches the trial at
@@ -74,12 +134,13 @@ its task run).
 from __future__ import annotations
 
 import json
+import math
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from prefect_tune.engine._control import Decision
-from prefect_tune.engine._decision_state import Stateful
+from prefect_tune.engine._control import Decision, DecisionPoints
+from prefect_tune.engine._decision_state import Stateful, result_number
 from prefect_tune.exceptions import DecisionStateMismatchError
 
 __all__ = ["DECISIONS_FILE", "DecisionDesk", "DeskControl"]
@@ -91,7 +152,9 @@ class DecisionDesk(Stateful):
     """The driver's side: asks the stopper, then the scheduler, about each result row.
 
     A trial once stopped stays stopped: every later row of it (a replay, or a row sent before
-    the decision reached it) is answered STOP again without asking the cores.
+    the decision reached it) is answered STOP again without asking the cores. The desk keeps,
+    per trial, the highest ``training_iteration`` it judged (what a restore still has to judge
+    from storage) and the one that stopped it.
 
     Args:
         scheduler: A ``TrialScheduler`` (None: FIFO).
@@ -102,23 +165,42 @@ class DecisionDesk(Stateful):
         >>> desk = DecisionDesk(stopper=MaximumIterationStopper(2))
         >>> [desk.on_result("t", {"training_iteration": i}) for i in (1, 2, 3)]
         [<Decision.CONTINUE: 'CONTINUE'>, <Decision.STOP: 'STOP'>, <Decision.STOP: 'STOP'>]
+        >>> desk.stopped_at("t"), desk.judged("t")
+        (2.0, 2.0)
     """
+
+    #: 2: ``judged`` and ``stopped_at`` (a version-1 document loads with both empty).
+    STATE_VERSION = 2
 
     def __init__(self, scheduler: Any = None, stopper: Any = None) -> None:
         self.scheduler = scheduler
         self.stopper = stopper
         self._stopped: set[str] = set()
         self._stop_all = False
+        self._judged: dict[str, float] = {}
+        self._stopped_at: dict[str, float] = {}
+        self._points: dict[str, DecisionPoints | None] = {}
 
     def on_trial_add(self, trial_id: str, config: Mapping[str, Any]) -> None:
         """A trial was created; the scheduler learns of it before its first result."""
         if self.scheduler is not None:
             self.scheduler.on_trial_add(trial_id, config)
 
+    def points(self, trial_id: str) -> DecisionPoints | None:
+        """Where the trial waits for its decisions (the scheduler's decision points)."""
+        if trial_id not in self._points:
+            self._points[trial_id] = (
+                None if self.scheduler is None else self.scheduler.decision_points(trial_id)
+            )
+        return self._points[trial_id]
+
     def on_result(self, trial_id: str, row: Mapping[str, Any]) -> Decision:
         """The decision for ``trial_id`` after its result ``row``."""
         if trial_id in self._stopped or self._stop_all:
             return Decision.STOP
+        iteration = result_number(row, "training_iteration")
+        if iteration is not None:
+            self._judged[trial_id] = max(iteration, self._judged.get(trial_id, -math.inf))
         decision = Decision.CONTINUE
         if self.stopper is not None:
             if self.stopper(trial_id, row):
@@ -133,6 +215,8 @@ class DecisionDesk(Stateful):
                 decision = answer
         if decision is Decision.STOP:
             self._stopped.add(trial_id)
+            if iteration is not None:
+                self._stopped_at[trial_id] = iteration
             if self.scheduler is not None:
                 self.scheduler.on_trial_remove(trial_id)
         return decision
@@ -141,6 +225,17 @@ class DecisionDesk(Stateful):
     def stopped_all(self) -> bool:
         """The stopper ended the whole experiment."""
         return self._stop_all
+
+    def is_stopped(self, trial_id: str) -> bool:
+        return trial_id in self._stopped or self._stop_all
+
+    def judged(self, trial_id: str) -> float:
+        """The highest ``training_iteration`` of the trial the desk judged (0: none)."""
+        return self._judged.get(trial_id, 0.0)
+
+    def stopped_at(self, trial_id: str) -> float | None:
+        """The ``training_iteration`` whose result stopped the trial, if it was stopped."""
+        return self._stopped_at.get(trial_id)
 
     def settings(self) -> dict[str, Any]:
         return {
@@ -152,17 +247,34 @@ class DecisionDesk(Stateful):
         return {
             "stopped": sorted(self._stopped),
             "stop_all": self._stop_all,
+            "judged": dict(sorted(self._judged.items())),
+            "stopped_at": dict(sorted(self._stopped_at.items())),
             "scheduler": None if self.scheduler is None else self.scheduler.to_state(),
             "stopper": None if self.stopper is None else self.stopper.to_state(),
         }
 
     def load(self, data: Mapping[str, Any]) -> None:
-        self._stopped = {str(t) for t in data["stopped"]}
+        stopped = data["stopped"]
+        if not isinstance(stopped, list):
+            raise TypeError(f"'stopped' must be a list, got {type(stopped).__name__}")
+        self._stopped = {str(t) for t in stopped}
         self._stop_all = bool(data["stop_all"])
+        self._judged = _iterations(data.get("judged", {}), "judged")
+        self._stopped_at = _iterations(data.get("stopped_at", {}), "stopped_at")
         if self.scheduler is not None:
             self.scheduler.from_state(data["scheduler"])
         if self.stopper is not None:
             self.stopper.from_state(data["stopper"])
+
+
+def _iterations(value: Any, key: str) -> dict[str, float]:
+    """A stored ``trial id -> training_iteration`` table, checked."""
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{key!r} must be an object, got {type(value).__name__}")
+    out = {str(k): float(v) for k, v in value.items()}
+    if not all(math.isfinite(v) for v in out.values()):
+        raise ValueError(f"{key!r} holds a value that is not a finite number")
+    return out
 
 
 #: Where the desk's state (its stopped trials, the scheduler's and the stopper's) is stored,
@@ -171,32 +283,86 @@ DECISIONS_FILE = "decisions.json"
 
 
 class DeskControl:
-    """The trial-side control of a desk shared in this process (the thread executor).
+    """The desk, its storage and its lock: the driver's one way to judge rows and store state.
 
-    Each result row is judged by the desk under a lock, in the order rows arrive; a decision
-    other than CONTINUE is written to storage (the desk's whole state) before the trial acts on
-    it, so that a trial stopped stays stopped after a driver crash.
+    Rows are judged one at a time, in the order they come (:meth:`judge`); the state is
+    written by :meth:`commit` when it changed in a way a restore cannot rebuild from the
+    stored results: a decision other than CONTINUE, or one taken at a decision point (the
+    trial waits for it). Callers commit before any such decision leaves the driver.
+    In the driver's own process (the thread executor), it is also the trials' control:
+    :meth:`on_result` judges, commits and answers inside ``report()``.
     """
 
     def __init__(self, desk: DecisionDesk, storage: Any) -> None:
         self.desk = desk
         self.storage = storage
         self._lock = threading.Lock()
+        self._dirty = False
+        self._last_time: dict[str, float] = {}  # trial -> its last time_attr, in this process
 
     def on_trial_add(self, trial_id: str, config: Mapping[str, Any]) -> None:
         with self._lock:
             self.desk.on_trial_add(trial_id, config)
 
+    def points(self, trial_id: str) -> DecisionPoints | None:
+        with self._lock:
+            return self.desk.points(trial_id)
+
     def is_stopped(self, trial_id: str) -> bool:
         with self._lock:
-            return trial_id in self.desk._stopped or self.desk.stopped_all
+            return self.desk.is_stopped(trial_id)
+
+    def judged(self, trial_id: str) -> float:
+        with self._lock:
+            return self.desk.judged(trial_id)
+
+    def judge(self, trial_id: str, row: Mapping[str, Any], waits: bool) -> Decision:
+        """Judges one row; ``waits``: its trial waits for this decision (a decision point)."""
+        with self._lock:
+            decision = self.desk.on_result(trial_id, row)
+            if waits or decision is not Decision.CONTINUE:
+                self._dirty = True
+            return decision
+
+    def commit(self) -> None:
+        """Writes the state if a decision since the last write must outlive a crash."""
+        with self._lock:
+            if self._dirty:
+                self._write()
 
     def on_result(self, trial_id: str, result: Mapping[str, Any]) -> Decision:
+        """The trial-side control with trials in this process: judged and stored at once."""
         with self._lock:
+            waits = self._at_point(trial_id, result)
             decision = self.desk.on_result(trial_id, result)
-            if decision is not Decision.CONTINUE:
+            if waits or decision is not Decision.CONTINUE:
                 self._write()
             return decision
+
+    def _at_point(self, trial_id: str, result: Mapping[str, Any]) -> bool:
+        points = self.desk.points(trial_id)
+        if points is None:
+            return False
+        now = result_number(result, points.time_attr)
+        if now is None:
+            return False
+        last = self._last_time.get(trial_id)
+        self._last_time[trial_id] = now
+        return points.crossed(last, now)
+
+    def catch_up(
+        self, trial_id: str, config: Mapping[str, Any], rows: Iterable[Mapping[str, Any]]
+    ) -> int:
+        """Judges stored rows of a trial that the stored state had not judged (a restore);
+        returns how many. Every row counts as a decision point: the next commit stores them."""
+        count = 0
+        with self._lock:
+            self.desk.on_trial_add(trial_id, config)
+            for row in rows:
+                self.desk.on_result(trial_id, row)
+                count += 1
+            self._dirty = self._dirty or count > 0
+        return count
 
     def save(self) -> None:
         with self._lock:
@@ -204,6 +370,7 @@ class DeskControl:
 
     def _write(self) -> None:
         self.storage.write_bytes(DECISIONS_FILE, json.dumps(self.desk.to_state()).encode())
+        self._dirty = False
 
     def load(self) -> None:
         """Takes back the stored state, if any.

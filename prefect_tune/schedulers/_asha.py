@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from prefect_tune.engine._checks import fail, integer, name, positive_number
-from prefect_tune.engine._control import Decision
+from prefect_tune.engine._control import Decision, DecisionPoints
 from prefect_tune.engine._decision_state import derived_rng, result_number
 from prefect_tune.schedulers._base import TrialScheduler
 
@@ -114,6 +114,13 @@ class AsyncHyperBandScheduler(TrialScheduler):
             self._bracket_of[trial_id] = int(np.searchsorted(np.cumsum(weights), draw, "right"))
             self._bracket_of[trial_id] = min(self._bracket_of[trial_id], self._brackets - 1)
         return self._bracket_of[trial_id]
+
+    def decision_points(self, trial_id: str) -> DecisionPoints:
+        """The trial's rungs (and ``max_t`` when trials stop there): its rung decisions."""
+        milestones = [m for m, _ in self._rungs[self._bracket(trial_id)]]
+        if self._stop_last_trials:
+            milestones.append(self._max_t)
+        return DecisionPoints(self._time_attr, milestones=tuple(sorted(set(milestones))))
 
     def on_trial_result(self, trial_id: str, result: Mapping[str, Any]) -> Decision:
         metric, sign = self._require_metric()

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from prefect_tune.engine._checks import fail, metric_and_mode
-from prefect_tune.engine._control import Decision
+from prefect_tune.engine._control import Decision, DecisionPoints
 from prefect_tune.engine._decision_state import Stateful
 
 __all__ = ["FIFOScheduler", "TrialScheduler"]
@@ -91,6 +91,16 @@ class TrialScheduler(Stateful):
 
     def on_trial_complete(self, trial_id: str, result: Mapping[str, Any] | None) -> None:
         """The trial ended TERMINATED; ``result`` is its last result, if any."""
+
+    def decision_points(self, trial_id: str) -> DecisionPoints | None:
+        """The results of ``trial_id`` whose decision changes this scheduler's state; the
+        trial waits at each until its decision is stored (None: it never waits).
+
+        Override it in a scheduler whose decisions depend on earlier ones (rungs, a
+        population): a decision a crash could lose is then never acted on. Called after
+        :meth:`on_trial_add`.
+        """
+        return None
 
     def on_trial_error(self, trial_id: str) -> None:
         """The trial ended in ERROR."""

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from prefect_tune.engine._checks import fail, integer, name, number
-from prefect_tune.engine._control import Decision
+from prefect_tune.engine._control import Decision, DecisionPoints
 from prefect_tune.engine._decision_state import result_number
 from prefect_tune.schedulers._base import TrialScheduler
 
@@ -74,6 +74,10 @@ class MedianStoppingRule(TrialScheduler):
 
     def on_trial_add(self, trial_id: str, config: Mapping[str, Any]) -> None:
         self._require_metric()
+
+    def decision_points(self, trial_id: str) -> DecisionPoints:
+        """Every result from ``grace_period`` on: each is judged against the others."""
+        return DecisionPoints(self._time_attr, every_from=self._grace_period)
 
     def on_trial_result(self, trial_id: str, result: Mapping[str, Any]) -> Decision:
         metric, sign = self._require_metric()

@@ -40,6 +40,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help='JSON {"x": [...], "iteration": k, "after_files": n}: fail those uploads once',
     )
     parser.add_argument(
+        "--scheduler",
+        choices=["fifo", "asha", "median"],
+        default="fifo",
+        help="asha: ASHAScheduler(max_t=iterations, grace_period=1, reduction_factor=3); "
+        "median: MedianStoppingRule(time_attr='training_iteration', grace_period=3, "
+        "min_samples_required=2)",
+    )
+    parser.add_argument(
+        "--stop-iter", type=int, default=0, help="RunConfig(stop=MaximumIterationStopper(n))"
+    )
+    parser.add_argument(
         "--delay-lease",
         type=float,
         default=0.0,
@@ -68,6 +79,22 @@ def param_space(args: argparse.Namespace) -> dict[str, Any]:
     if args.fail_upload:
         space["fail_upload"] = json.loads(args.fail_upload)
     return space
+
+
+def decision_cores(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The scheduler and the Stopper the arguments ask for (None: none)."""
+    from prefect_tune.schedulers import ASHAScheduler, MedianStoppingRule
+    from prefect_tune.stopper import MaximumIterationStopper
+
+    scheduler: Any = None
+    if args.scheduler == "asha":
+        scheduler = ASHAScheduler(max_t=args.iterations, grace_period=1, reduction_factor=3)
+    elif args.scheduler == "median":
+        scheduler = MedianStoppingRule(
+            time_attr="training_iteration", grace_period=3, min_samples_required=2
+        )
+    stopper = MaximumIterationStopper(args.stop_iter) if args.stop_iter else None
+    return scheduler, stopper
 
 
 def summary(results: Any, started: float) -> dict[str, Any]:
@@ -118,11 +145,13 @@ def main(argv: list[str] | None = None) -> int:
             return acquire(self)
 
         LeaseHolder.acquire = delayed_acquire  # type: ignore[method-assign]
+    scheduler, stopper = decision_cores(args)
     tuner = Tuner(
         crash_trainable,
         param_space=param_space(args),
-        tune_config=TuneConfig(metric="loss", mode="min", seed=0),
+        tune_config=TuneConfig(metric="loss", mode="min", seed=0, scheduler=scheduler),
         run_config=RunConfig(
+            stop=stopper,
             name=args.name,
             storage_path=args.storage,
             storage_options=json.loads(args.storage_options) or None,

@@ -137,3 +137,141 @@ def test_a_scheduler_on_an_executor_in_other_processes_is_refused():
 
     with pytest.raises(ConfigError, match="ThreadTrialExecutor"):
         TuneController._desk(None, asha(), object(), None)
+
+
+def _desk(tmp_path):
+    return json.loads((tmp_path / "exp" / DECISIONS_FILE).read_text())
+
+
+def test_a_stopped_trial_stops_at_the_rung_that_stopped_it(tmp_path):
+    # With trials in the driver's process the decision is at the report itself; the stored
+    # desk says where, and the rows stored end there.
+    store, trials = run(str(tmp_path / "exp"), scheduler=asha())
+    data = _desk(tmp_path)["data"]
+    for trial in trials:
+        assert data["stopped_at"][trial.trial_id] == len(store.read_history(trial))
+        assert data["judged"][trial.trial_id] == len(store.read_history(trial))
+
+
+def test_a_restore_judges_the_stored_results_the_stored_decisions_lost(tmp_path):
+    """The driver died after its trials had reported rows it had judged in memory only: the
+    restore judges them from storage (nothing runs again) and stores the state."""
+    url = str(tmp_path / "exp")
+    store, trials = run(url, scheduler=asha())
+    before = {t.trial_id: len(store.read_history(t)) for t in trials}
+    (tmp_path / "exp" / DECISIONS_FILE).unlink()  # every judgment lost, say
+    store, again = run(url, scheduler=asha())
+    assert {t.trial_id: len(store.read_history(t)) for t in again} == before
+    data = _desk(tmp_path)["data"]
+    assert data["judged"] == {t: float(n) for t, n in before.items()}
+    recorded = {
+        trial
+        for bracket in data["scheduler"]["data"]["rungs"]
+        for rung in bracket
+        for trial in rung["recorded"]
+    }
+    assert recorded == set(before)  # every trial is in its first rung again
+
+
+def test_a_restore_catches_up_to_the_checkpoint_of_an_unfinished_trial(tmp_path):
+    """An unfinished trial's rows up to its latest checkpoint are judged on restore; it then
+    resumes from that checkpoint and is not judged twice at a rung it passed."""
+    url = str(tmp_path / "exp")
+    store, trials = run(url, scheduler=asha())
+    survivor = max(trials, key=lambda t: len(store.read_history(t)))
+    assert len(store.read_history(survivor)) == STEPS
+    document = _desk(tmp_path)
+    # As if the driver died with the survivor at iteration 10: its rung decisions (1, 3, 9)
+    # stored, as the trial waited for each; its row 10 judged in memory only.
+    data = document["data"]
+    data["stopped"].remove(survivor.trial_id)
+    del data["stopped_at"][survivor.trial_id]
+    data["judged"][survivor.trial_id] = 9
+    rungs_before = data["scheduler"]["data"]["rungs"]
+    (tmp_path / "exp" / DECISIONS_FILE).write_text(json.dumps(document))
+    survivor.status = TrialStatus.RUNNING
+    survivor.checkpoints = [c for c in survivor.checkpoints if c.training_iteration <= 10]
+    assert survivor.checkpoints[-1].training_iteration == 10  # every checkpoint is kept
+    store.write_trial(survivor)
+    state = store.read_state()
+    state.trials = []
+    store.write_state(state, [PackedSummary.of(t) for t in sorted(trials, key=lambda t: t.index)])
+    store, again = run(url, scheduler=asha())
+    back = next(t for t in again if t.trial_id == survivor.trial_id)
+    assert back.status is TrialStatus.TERMINATED
+    assert [r["training_iteration"] for r in store.read_history(back)] == list(range(1, STEPS + 1))
+    data = _desk(tmp_path)["data"]
+    assert data["stopped_at"][survivor.trial_id] == STEPS
+    assert data["judged"][survivor.trial_id] == STEPS
+    # Not judged again at the rungs it had passed: the rungs are as they were.
+    assert data["scheduler"]["data"]["rungs"] == rungs_before
+
+
+@pytest.mark.parametrize(
+    "judged", [{"t": "many"}, {"t": float("inf")}, ["t"], {"t": None}], ids=repr
+)
+def test_a_damaged_judged_table_is_refused_and_left_as_it_was(tmp_path, judged):
+    url = str(tmp_path / "exp")
+    run(url, scheduler=asha())
+    path = tmp_path / "exp" / DECISIONS_FILE
+    document = json.loads(path.read_text())
+    document["data"]["judged"] = judged
+    path.write_text(json.dumps(document))
+    before = path.read_bytes()
+    _, controller = make_controller(url, bowl, {"x": tune.grid_search(XS)}, scheduler=asha())
+    with pytest.raises(DecisionStateMismatchError, match="damaged"):
+        controller.run()
+    assert path.read_bytes() == before
+
+
+def test_decisions_stored_by_the_previous_version_still_load(tmp_path):
+    """Version 1 of the desk's state had no judged / stopped_at tables."""
+    url = str(tmp_path / "exp")
+    store, first = run(url, scheduler=asha())
+    path = tmp_path / "exp" / DECISIONS_FILE
+    document = json.loads(path.read_text())
+    document["schema_version"] = 1
+    del document["data"]["judged"], document["data"]["stopped_at"]
+    path.write_text(json.dumps(document))
+    store, again = run(url, scheduler=asha())
+    assert iterations(store, again) == iterations(store, first)
+    assert _desk(tmp_path)["schema_version"] == 2
+
+
+def test_rows_travel_packed_and_big_ints_fall_back_to_json():
+    from prefect_tune.engine._channel import pack_rows, unpack_rows
+
+    rows = [{"loss": 0.5, "nested": {"a": [1, None, True]}, "s": "x"}, {"big": 2**70}]
+    fmt, data = pack_rows(rows[:1])
+    assert fmt == "msgpack" and unpack_rows(fmt, data) == rows[:1]
+    fmt, data = pack_rows(rows)
+    assert fmt == "json" and unpack_rows(fmt, data) == rows
+    with pytest.raises(ValueError):
+        unpack_rows("json", b'{"not": "rows"}')
+
+
+def test_decision_points_of_asha_and_the_median_rule():
+    scheduler = ASHAScheduler(metric="loss", mode="min", max_t=27, grace_period=1)
+    scheduler.on_trial_add("t", {})
+    points = scheduler.decision_points("t")
+    assert points.milestones == (1.0, 4.0, 16.0, 27.0)
+    assert [points.crossed(a, b) for a, b in [(None, 1), (1, 3), (3, 5), (5, 6), (26, 27)]] == [
+        True,
+        False,
+        True,
+        False,
+        True,
+    ]
+    rule = MedianStoppingRule(time_attr="training_iteration", grace_period=3)
+    assert [rule.decision_points("t").crossed(i - 1, i) for i in (1, 2, 3, 4)] == [
+        False,
+        False,
+        True,
+        True,
+    ]
+
+
+def test_a_stop_dict_still_applies_with_a_scheduler(tmp_path):
+    store, trials = run(str(tmp_path / "exp"), scheduler=asha(), stop={"training_iteration": 2})
+    assert {len(store.read_history(t)) for t in trials} <= {1, 2}
+    assert max(len(store.read_history(t)) for t in trials) == 2
