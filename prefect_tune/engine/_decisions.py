@@ -74,8 +74,9 @@ its task run).
 from __future__ import annotations
 
 import json
+import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from prefect_tune.engine._control import Decision
@@ -83,6 +84,8 @@ from prefect_tune.engine._decision_state import Stateful
 from prefect_tune.exceptions import DecisionStateMismatchError
 
 __all__ = ["DECISIONS_FILE", "DecisionDesk", "DeskControl"]
+
+logger = logging.getLogger("prefect_tune")
 
 _RANK = {Decision.CONTINUE: 0, Decision.PAUSE: 1, Decision.STOP: 2}
 
@@ -176,11 +179,20 @@ class DeskControl:
     Each result row is judged by the desk under a lock, in the order rows arrive; a decision
     other than CONTINUE is written to storage (the desk's whole state) before the trial acts on
     it, so that a trial stopped stays stopped after a driver crash.
+
+    ``listener`` (the search algorithm's ``on_trial_result``, when it has one) is handed every
+    row after the desk has judged it, outside the desk's lock.
     """
 
-    def __init__(self, desk: DecisionDesk, storage: Any) -> None:
+    def __init__(
+        self,
+        desk: DecisionDesk,
+        storage: Any,
+        listener: Callable[[str, Mapping[str, Any]], None] | None = None,
+    ) -> None:
         self.desk = desk
         self.storage = storage
+        self.listener = listener
         self._lock = threading.Lock()
 
     def on_trial_add(self, trial_id: str, config: Mapping[str, Any]) -> None:
@@ -196,7 +208,12 @@ class DeskControl:
             decision = self.desk.on_result(trial_id, result)
             if decision is not Decision.CONTINUE:
                 self._write()
-            return decision
+        if self.listener is not None:
+            try:
+                self.listener(trial_id, result)
+            except Exception as exc:  # the searcher's learning never fails the trial
+                logger.warning("The search algorithm could not take a result of %s: %r", trial_id, exc)
+        return decision
 
     def save(self) -> None:
         with self._lock:
