@@ -22,6 +22,7 @@ from prefect_tune.engine._suggestions import (
     SEARCH_FILE,
     SearchRecord,
     listens_to_results,
+    stored_search_kind,
 )
 from prefect_tune.engine._trial_run import TrialOutcome, TrialRequest
 from prefect_tune.exceptions import (
@@ -313,9 +314,9 @@ class TuneController:
         )
         if self.search is None and self.store.storage.exists(SEARCH_FILE):
             raise DecisionStateMismatchError(
-                f"The experiment was run with a search algorithm (its suggestions are stored in "
-                f"{SEARCH_FILE}); restore it with the same one (TuneConfig(search_alg=...), "
-                "Tuner.restore(search_alg=...)), never without."
+                f"The experiment was run with the search algorithm {stored_search_kind(self.store.storage)} "
+                f"(its suggestions are stored in {SEARCH_FILE}); restore it with the same one "
+                "(TuneConfig(search_alg=...), Tuner.restore(search_alg=...)), never without."
             )
         if self.search is not None:
             self.search.load(stored_trials=len(self._packed))

@@ -87,6 +87,16 @@ def listens_to_results(searcher: Any) -> bool:
     return type(searcher).on_trial_result is not Searcher.on_trial_result
 
 
+def stored_search_kind(storage: Any) -> str:
+    """The class name of the search algorithm ``search.json`` was written by, for messages
+    ("?" when it cannot be read: the record is checked in full when it is loaded)."""
+    try:
+        kind = json.loads(storage.read_bytes(SEARCH_FILE)).get("kind")
+    except Exception:
+        return "?"
+    return kind if isinstance(kind, str) and kind.isidentifier() else "?"
+
+
 class SearchRecord:
     """A searcher and the record of what it suggested, stored in ``search.json``.
 
