@@ -5,8 +5,10 @@ Status: ``TuneConfig(scheduler=ASHAScheduler | MedianStoppingRule)`` and
 (``DaskDeskChannel`` on the driver, ``RemoteDeskControl`` in the trial), with trials in the
 driver's process by :class:`DeskControl` directly. The desk's state is ``decisions.json``,
 written at each decision other than CONTINUE (before it is sent) and with each snapshot.
-PBT (PAUSE and exploit) and ``TuneConfig(search_alg=...)`` are not wired yet (refused with a
-ConfigError).
+PBT (PAUSE and exploit) is not wired yet (refused with a ConfigError). A search algorithm
+with an ``on_trial_result`` hears each row through the desk (``DeskControl(listener=...)``),
+after the desk has judged it; its suggestions and state are not the desk's
+(``_suggestions.py``).
 
 Figures of the wired channel (one run each, 2-core machine shared with other jobs, 2026-12-04):
 ``python -m bench.decision_latency``: decision latency p50 4.7 ms, p95 5.3 ms, max 6.6 ms (100
