@@ -110,7 +110,9 @@ def run_w1(size: dict[str, Any], repeat: int, storage: str, rec: Recorder) -> No
 
     system = f"{RAY}, OptunaSearch"
     for rep in range(repeat):
-        with search_time(OptunaSearch, ("suggest", "on_trial_result", "on_trial_complete")) as spent:
+        with search_time(
+            OptunaSearch, ("suggest", "on_trial_result", "on_trial_complete")
+        ) as spent:
             _, wall = _fit(
                 w1_trainable,
                 {"x": tune.uniform(0.0, 1.0)},

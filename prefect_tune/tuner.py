@@ -19,10 +19,10 @@ from prefect_tune._resources import trial_resources
 from prefect_tune.config import CheckpointConfig, FailureConfig, RunConfig, TuneConfig
 from prefect_tune.engine import (
     BasicVariantGenerator,
-    is_custom_search,
     ResumePolicy,
     TuneController,
     describe_param_space,
+    is_custom_search,
     space_from_description,
 )
 from prefect_tune.exceptions import (
@@ -160,7 +160,9 @@ class Tuner:
         for index in range(min(total if total is not None else 1, _VALIDATE_UP_TO)):
             self.generator.config_for(index)
         # TuneConfig(search_alg=...) other than the default: it makes the configs instead.
-        self.search_alg = tune_config.search_alg if is_custom_search(tune_config.search_alg) else None
+        self.search_alg = (
+            tune_config.search_alg if is_custom_search(tune_config.search_alg) else None
+        )
         self._bind_search(self.generator.seed)
         self.experiment = storage_root(run_config).child(self.name)
         # "Any later run of the same experiment runs what is unfinished or errored."

@@ -87,6 +87,7 @@ def test_a_restore_takes_the_search_again_and_refuses_another(prefect_api, runne
     ).fit()
     assert len(restored) == 4 and restored.num_terminated == 4
     # Nothing ran again and nothing new was suggested.
-    assert json.loads((tmp_path / name / SEARCH_FILE).read_text())["suggested"] == (
-        record["suggested"]
+    assert (
+        json.loads((tmp_path / name / SEARCH_FILE).read_text())["suggested"]
+        == (record["suggested"])
     )

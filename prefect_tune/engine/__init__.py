@@ -24,7 +24,6 @@ from prefect_tune.engine._search import (
     space_from_description,
     validate_param_space,
 )
-from prefect_tune.engine._suggestions import SEARCH_FILE, SearchRecord, is_custom_search
 from prefect_tune.engine._session import (
     AUTO_FIELDS,
     CARRIED_ROWS_MAX,
@@ -33,6 +32,7 @@ from prefect_tune.engine._session import (
     activated,
     current_session,
 )
+from prefect_tune.engine._suggestions import SEARCH_FILE, SearchRecord, is_custom_search
 from prefect_tune.engine._trial_run import TrialOutcome, TrialRequest, run_trial
 
 __all__ = [

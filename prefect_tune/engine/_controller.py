@@ -349,6 +349,12 @@ class TuneController:
     def _check_search_record(self) -> None:
         """The stored suggestions name this experiment's trials, as stored."""
         assert self.search is not None
+        total = self.definition.total_trials
+        if total is not None and self.search.next_index > total:
+            raise DamagedStateError(
+                f"{SEARCH_FILE} records {self.search.next_index} suggestions; the experiment "
+                f"has {total} trials."
+            )
         for index in range(self.search.next_index):
             recorded = self.search.recorded_id(index)
             if recorded is not None and recorded != self._trial_id(index):

@@ -214,7 +214,9 @@ class DeskControl:
             try:
                 self.listener(trial_id, result)
             except Exception as exc:  # the searcher's learning never fails the trial
-                logger.warning("The search algorithm could not take a result of %s: %r", trial_id, exc)
+                logger.warning(
+                    "The search algorithm could not take a result of %s: %r", trial_id, exc
+                )
         return decision
 
     def save(self) -> None:

@@ -315,6 +315,8 @@ def _parse(raw: bytes, where: str) -> dict[str, Any]:
             raise damaged(f"trial {entry[1]!r} (index {entry[0]}) is suggested twice")
         seen_index.add(entry[0])
         seen_id.add(entry[1])
+    if seen_index != set(range(len(suggested))):
+        raise damaged("the suggestions are not numbered 0, 1, 2... as they are made")
     told = document.get("told")
     if not isinstance(told, list) or not all(isinstance(t, str) for t in told):
         raise damaged("'told' is not a list of trial ids")

@@ -110,7 +110,10 @@ def check_search_experiment(
     for result in grid:
         x = result.config["x"]
         where = f"trial {result.trial_id} (x={x})"
-        want = [{"training_iteration": i + 1, **m} for i, m in enumerate(expected_metrics(x, ITERATIONS))]
+        want = [
+            {"training_iteration": i + 1, **m}
+            for i, m in enumerate(expected_metrics(x, ITERATIONS))
+        ]
         assert history_rows(result) == want, where
         check_checkpoints(exp, trials[result.trial_id], where)
         check_side_log(exp, trials[result.trial_id], where)

@@ -174,7 +174,9 @@ def test_optuna_search_is_restored_without_repeating_or_losing_a_suggestion(tmp_
     points = {(t.config["x1"], t.config["x2"]) for t in trials}
     assert len(points) == 8  # none suggested twice
     record = json.loads((tmp_path / "exp" / SEARCH_FILE).read_text())
-    told = sorted(t["trial_id"] for t in record["searcher"]["data"]["trials"] if t["state"] == "COMPLETE")
+    told = sorted(
+        t["trial_id"] for t in record["searcher"]["data"]["trials"] if t["state"] == "COMPLETE"
+    )
     assert told == sorted(t.trial_id for t in trials)
 
 
@@ -200,6 +202,14 @@ def _foreign(record: dict[str, Any]) -> None:
     record["suggested"][0][1] = "../../etc"
 
 
+def _far_index(record: dict[str, Any]) -> None:
+    record["suggested"][1][0] = 10**12
+
+
+def _too_many(record: dict[str, Any]) -> None:
+    record["suggested"] += [[i, f"abcde_{i:05d}", {}] for i in range(2, 5)]
+
+
 def _not_a_list(record: dict[str, Any]) -> None:
     record["told"] = "abcde_00000"
 
@@ -211,9 +221,19 @@ def _not_a_list(record: dict[str, Any]) -> None:
         b"[]",
         _twice,
         _foreign,
+        _far_index,
+        _too_many,
         _not_a_list,
     ],
-    ids=["not-json", "not-an-object", "index-twice", "foreign-trial-id", "told-not-a-list"],
+    ids=[
+        "not-json",
+        "not-an-object",
+        "index-twice",
+        "foreign-trial-id",
+        "far-index",
+        "more-than-num-samples",
+        "told-not-a-list",
+    ],
 )
 def test_a_damaged_search_record_is_refused_and_nothing_is_written(tmp_path, damage):
     url = str(tmp_path / "exp")
