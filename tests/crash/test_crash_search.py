@@ -23,6 +23,7 @@ from tests.crash.harness import (
     Observed,
     StateSave,
     TrialFinished,
+    TrialStarted,
     result_grid,
 )
 
@@ -67,6 +68,7 @@ class SuggestedNotStarted(KillPoint):
 
 
 CHOSEN = [
+    (TrialStarted, "group"),
     (SuggestedNotStarted, "group"),
     (TrialFinished, "driver"),
     (SuggestedNotStarted, "driver"),
@@ -89,7 +91,13 @@ def test_optuna_search_resumes_exactly_after_sigkill(crash_env, tmp_path):
         point = point_class()
         kill = exp.run_to_kill(point, mode)
         assert kill is not None, f"the experiment finished before {point_class.name}"
-        records_at_kill.append((kill.point, exp.view.read_json(SEARCH)))
+        record = exp.view.read_json(SEARCH)
+        records_at_kill.append((kill.point, record))
+        # Recorded before dispatch: every trial that had started at the kill was in the
+        # search record, with the config it runs.
+        recorded = {t: c for _, t, c in (record or {"suggested": []})["suggested"]}
+        for trial in kill.trials.values():
+            assert recorded.get(trial["trial_id"]) == trial["config"], (kill.point, trial)
         if isinstance(point, SuggestedNotStarted):
             assert point.pending, "the kill missed the window"
     exp.run_to_end()
