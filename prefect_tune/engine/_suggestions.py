@@ -180,6 +180,16 @@ class SearchRecord:
             DamagedStateError: ``search.json`` is not a valid record; it names the file.
         """
         with self._lock:
+            here = self.storage.full_path("")
+            owner = getattr(self.searcher, "_prefect_tune_experiment", None)
+            if owner is not None and owner != here:
+                from prefect_tune.exceptions import ConfigError
+
+                raise ConfigError(
+                    f"This {self.kind} object already searched the experiment at {owner}: a "
+                    "search algorithm keeps what it learnt, so each experiment needs a new one."
+                )
+            self.searcher._prefect_tune_experiment = here
             self._suggested, self._told, self._finished = {}, set(), False
             if not self.storage.exists(SEARCH_FILE):
                 if stored_trials:

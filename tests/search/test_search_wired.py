@@ -285,3 +285,19 @@ def test_a_default_experiment_is_not_taken_over_by_a_search_alg(tmp_path):
     with pytest.raises(DecisionStateMismatchError, match="default search"):
         again.run()
     assert not os.path.exists(tmp_path / "exp" / SEARCH_FILE)
+
+
+def test_a_search_algorithm_object_searches_one_experiment_only(tmp_path):
+    from prefect_tune.exceptions import ConfigError
+
+    search = OptunaSearch(seed=0)
+    _, first = make_controller(
+        str(tmp_path / "one"), trainables.branin, BRANIN, num_samples=2, search_alg=search
+    )
+    first.run()
+    _, second = make_controller(
+        str(tmp_path / "two"), trainables.branin, BRANIN, num_samples=2, search_alg=search
+    )
+    with pytest.raises(ConfigError, match="each experiment needs a new one"):
+        second.run()
+    assert not (tmp_path / "two" / SEARCH_FILE).exists()
