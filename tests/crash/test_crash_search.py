@@ -76,12 +76,13 @@ CHOSEN = [
 ]
 
 
-def test_optuna_search_resumes_exactly_after_sigkill(crash_env, tmp_path):
-    from tests.crash.harness import local_backend, unique_name
+def test_optuna_search_resumes_exactly_after_sigkill(crash_env, backend, tmp_path):
+    """On local storage and on S3 (moto): the ``backend`` fixture."""
+    from tests.crash.harness import unique_name
 
     exp = CrashExperiment(
         unique_name("crash-optuna"),
-        local_backend(tmp_path / "store"),
+        backend,
         tmp_path / "work",
         crash_env,
         extra_args=["--search", "optuna", "--trials", str(TRIALS)],
