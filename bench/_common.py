@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import statistics
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from typing import Any
@@ -242,3 +245,28 @@ def machine() -> dict[str, Any]:
         "packages": {k: v for k, v in packages.items() if v},
         "git_commit": commit,
     }
+
+
+@contextlib.contextmanager
+def search_time(cls: Any, methods: tuple[str, ...]) -> Iterator[dict[str, float]]:
+    """Adds up the time spent in ``cls``'s ``methods`` (the driver's search calls) while open."""
+    spent = {"s": 0.0}
+    originals = {name: getattr(cls, name) for name in methods}
+
+    def timed(original: Any) -> Any:
+        def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return original(self, *args, **kwargs)
+            finally:
+                spent["s"] += time.perf_counter() - start
+
+        return call
+
+    for name, original in originals.items():
+        setattr(cls, name, timed(original))
+    try:
+        yield spent
+    finally:
+        for name, original in originals.items():
+            setattr(cls, name, original)

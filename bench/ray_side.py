@@ -101,6 +101,38 @@ def run_w1(size: dict[str, Any], repeat: int, storage: str, rec: Recorder) -> No
         )
         print(f"  [ray] W1 rep {rep + 1}: {trials} trials in {wall:.2f} s", flush=True)
     rec.note("W1", "Ray Tune with reuse_actors=True (its best configuration for short trials).")
+    try:
+        from ray.tune.search.optuna import OptunaSearch
+    except ImportError:
+        rec.note("W1", "Ray Tune with OptunaSearch not run: optuna is not installed beside Ray.")
+        return
+    from bench._common import search_time
+
+    system = f"{RAY}, OptunaSearch"
+    for rep in range(repeat):
+        with search_time(
+            OptunaSearch, ("suggest", "on_trial_result", "on_trial_complete")
+        ) as spent:
+            _, wall = _fit(
+                w1_trainable,
+                {"x": tune.uniform(0.0, 1.0)},
+                trials,
+                f"w1-optuna-{rep}",
+                storage,
+                reuse_actors=True,
+                search_alg=OptunaSearch(seed=0),
+            )
+        rec.add("W1", "wall time", wall, unit="s", better="lower", system=system)
+        rec.add("W1", "throughput", trials / wall, unit="trials/s", better="higher", system=system)
+        rec.add(
+            "W1",
+            "search cost per trial (driver)",
+            spent["s"] / trials * 1000,
+            unit="ms",
+            better="lower",
+            system=system,
+        )
+        print(f"  [ray] W1 rep {rep + 1}, OptunaSearch: {wall:.2f} s", flush=True)
 
 
 def run_w2(size: dict[str, Any], repeat: int, storage: str, rec: Recorder) -> None:

@@ -58,10 +58,13 @@ class TuneConfig:
         seed: Makes the sampled trial configs reproducible.
         time_budget_s: Wall-clock budget of the experiment; trials still running then stop at
             their next ``report()``.
-        search_alg: A search algorithm from ``prefect_tune.search``. Not wired yet: only
-            ``BasicVariantGenerator()`` (the default) is accepted; others are refused.
-        scheduler: A trial scheduler from ``prefect_tune.schedulers``. Not wired yet: only
-            ``FIFOScheduler()`` (the default) is accepted; others are refused, never ignored.
+        search_alg: A search algorithm from ``prefect_tune.search``: ``BasicVariantGenerator``
+            (the default, grid and random search), ``ConcurrencyLimiter``,
+            ``prefect_tune.search.optuna.OptunaSearch`` or a ``Searcher`` subclass. It
+            suggests ``num_samples`` trials (fewer if it says FINISHED), each stored before
+            its trial starts; its state is stored with the experiment.
+        scheduler: A trial scheduler from ``prefect_tune.schedulers``: ``FIFOScheduler``
+            (the default), ``ASHAScheduler`` or ``MedianStoppingRule``; PBT is refused.
 
     Examples:
         >>> TuneConfig(metric="loss", mode="min", num_samples=8, max_concurrent_trials=2, seed=0)
@@ -328,7 +331,7 @@ def _check_decision_cores(search_alg: Any, scheduler: Any) -> None:
         MedianStoppingRule,
         TrialScheduler,
     )
-    from prefect_tune.search import BasicVariantGenerator, Searcher
+    from prefect_tune.search import Searcher
 
     later = (
         "is a decision core only in this version: wiring it into the Tuner lands next. Until "
@@ -343,24 +346,14 @@ def _check_decision_cores(search_alg: Any, scheduler: Any) -> None:
             )
         if not isinstance(scheduler, (FIFOScheduler, ASHAScheduler, MedianStoppingRule)):
             raise _fail("TuneConfig", "scheduler", f"{type(scheduler).__name__} {later} FIFO.")
-    if search_alg is not None:
-        if not isinstance(search_alg, Searcher):
-            raise _fail(
-                "TuneConfig",
-                "search_alg",
-                f"must be a search algorithm from prefect_tune.search, got "
-                f"{type(search_alg).__name__}.",
-            )
-        default = BasicVariantGenerator()
-        if type(search_alg) is not BasicVariantGenerator or (
-            search_alg.settings() != default.settings()
-        ):
-            raise _fail(
-                "TuneConfig",
-                "search_alg",
-                f"{type(search_alg).__name__} with these arguments {later} grid and random "
-                f"search (seeded by TuneConfig(seed=...)).",
-            )
+    if search_alg is not None and not isinstance(search_alg, Searcher):
+        raise _fail(
+            "TuneConfig",
+            "search_alg",
+            f"must be a search algorithm from prefect_tune.search (BasicVariantGenerator, "
+            f"ConcurrencyLimiter, optuna.OptunaSearch or a Searcher subclass), got "
+            f"{type(search_alg).__name__}.",
+        )
 
 
 def _is_stop_dict(stop: Any) -> bool:

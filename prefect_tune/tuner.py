@@ -23,6 +23,7 @@ from prefect_tune.engine import (
     ResumePolicy,
     TuneController,
     describe_param_space,
+    is_custom_search,
     space_from_description,
 )
 from prefect_tune.exceptions import (
@@ -173,6 +174,11 @@ class Tuner:
         total = self.generator.total_trials
         for index in range(min(total if total is not None else 1, _VALIDATE_UP_TO)):
             self.generator.config_for(index)
+        # TuneConfig(search_alg=...) other than the default: it makes the configs instead.
+        self.search_alg = (
+            tune_config.search_alg if is_custom_search(tune_config.search_alg) else None
+        )
+        self._bind_search(self.generator.seed)
         self.experiment = storage_root(run_config).child(self.name)
         # "Any later run of the same experiment runs what is unfinished or errored."
         self._policy = ResumePolicy(resume_unfinished=True, resume_errored=True)
@@ -180,6 +186,48 @@ class Tuner:
         self._results: ResultGrid | None = None
 
     # -- definition ------------------------------------------------------------------------------
+
+    def _bind_search(self, seed: int) -> None:
+        """Hands the search algorithm TuneConfig's metric, mode and samples, the param_space
+        and the experiment's seed (the stored one when resuming).
+
+        Raises:
+            ConfigError: it has a space of its own and a param_space is given too, or it has
+                no metric and mode and TuneConfig neither.
+            SearchSpaceError: the space holds what it cannot sample.
+        """
+        if self.search_alg is None:
+            return
+        tc = self.tune_config
+        if not self.search_alg.set_search_properties(
+            tc.metric, tc.mode, self.param_space, num_samples=tc.num_samples, seed=seed
+        ):
+            raise ConfigError(
+                f"{type(self.search_alg).__name__} was given a search space of its own and the "
+                "Tuner a param_space too: give the space in one place only."
+            )
+
+    def _total_trials(self) -> int | None:
+        """How many trials the experiment has: the search algorithm's count when it knows one
+        (``BasicVariantGenerator(points_to_evaluate=...)``), else ``num_samples`` times the
+        grid (None for ``num_samples=-1``: until its time budget, a stopper or FINISHED)."""
+        searcher = self.search_alg
+        while searcher is not None and hasattr(searcher, "searcher"):
+            searcher = searcher.searcher  # a ConcurrencyLimiter's
+        total = getattr(searcher, "total_trials", None)
+        if isinstance(total, int):
+            return total
+        return self.generator.total_trials
+
+    def _tune_config_record(self) -> dict[str, Any]:
+        record: dict[str, Any] = {}
+        for f in dataclasses.fields(self.tune_config):
+            value = getattr(self.tune_config, f.name)
+            if f.name in ("search_alg", "scheduler"):
+                value = None if value is None else type(value).__name__
+            record[f.name] = value
+        result: dict[str, Any] = json.loads(json.dumps(record, default=repr))
+        return result
 
     def _definition(self) -> ExperimentDefinition:
         tc = self.tune_config
@@ -190,10 +238,10 @@ class Tuner:
             param_space=describe_param_space(self.param_space),
             num_samples=tc.num_samples,
             seed=self.generator.seed,
-            total_trials=self.generator.total_trials,
+            total_trials=self._total_trials(),
             metric=tc.metric,
             mode=tc.mode,
-            tune_config=json.loads(json.dumps(asdict(tc), default=repr)),
+            tune_config=self._tune_config_record(),
             checkpoint_config=asdict(self.run_config.checkpoint_config),
             failure_config=asdict(self.run_config.failure_config),
             stop=_stop_description(self.run_config.stop),
@@ -268,6 +316,7 @@ class Tuner:
             self.generator = BasicVariantGenerator(
                 self.param_space, stored.num_samples, stored.seed
             )
+            self._bind_search(stored.seed)
         return stored, self.generator
 
     # -- restoring -------------------------------------------------------------------------------
@@ -304,6 +353,7 @@ class Tuner:
         storage: TuneStorage | None = None,
         task_runner: TaskRunner[Any] | None = None,
         scheduler: Any = None,
+        search_alg: Any = None,
         stop: Any = None,
     ) -> Tuner:
         """A Tuner that continues the experiment stored at ``path``, with Ray Tune's flags.
@@ -316,6 +366,9 @@ class Tuner:
             trainable: The same trainable (functions are not stored).
             scheduler: The same ``TuneConfig.scheduler`` it ran with (schedulers are code,
                 not stored; their decisions are, and are checked against it:
+                ``DecisionStateMismatchError`` when it differs or is missing).
+            search_alg: The same ``TuneConfig.search_alg`` it ran with, built with the same
+                arguments (a fresh object: its stored state is loaded into it; refused with
                 ``DecisionStateMismatchError`` when it differs or is missing).
             stop: The same ``RunConfig(stop=Stopper)`` it ran with, likewise.
             resume_unfinished: Run trials that were pending, running or paused.
@@ -351,6 +404,7 @@ class Tuner:
             seed=definition.seed,
             time_budget_s=tc.get("time_budget_s"),
             scheduler=scheduler,
+            search_alg=search_alg,
         )
         run_config = RunConfig(
             name=definition.name,
@@ -411,7 +465,10 @@ class Tuner:
         # Refused here already when it would be, but decided (and written) only under the
         # lease: another driver may write or replace the definition until then.
         mode: str = self.run_config.resume if not self._restoring else "required"
-        definition = self._resumed(store, mode) or self._definition()
+        resumed = self._resumed(store, mode)
+        if resumed is not None and not self._restoring:
+            self._bind_search(resumed.seed)  # as the stored search was bound, before it is read
+        definition = resumed or self._definition()
 
         def prepare() -> tuple[ExperimentDefinition, BasicVariantGenerator]:
             nonlocal definition, mode
@@ -444,6 +501,7 @@ class Tuner:
                 checkpoint_config=rc.checkpoint_config,
                 failure_config=rc.failure_config,
                 stop=rc.stop,
+                search_alg=self.search_alg,
                 scheduler=self.tune_config.scheduler,
                 max_concurrent_trials=self.tune_config.max_concurrent_trials,
                 time_budget_s=self.tune_config.time_budget_s,

@@ -122,12 +122,20 @@ def make_controller(
     stop: Any = None,
     policy: ResumePolicy | None = None,
     scheduler: Any = None,
+    search_alg: Any = None,
+    threads: int = 2,
 ) -> tuple[ExperimentStore, TuneController]:
     """The controller of the experiment at ``where`` (a URL or a spec) over ``space``, its
-    definition written when none is stored, running trials in threads of this process."""
+    definition written when none is stored, running trials in threads of this process.
+    ``search_alg`` is bound to ``space`` (seed 0) as the Tuner binds it."""
     spec = StorageSpec(where) if isinstance(where, str) else where
     store = ExperimentStore(spec.open())
     generator = BasicVariantGenerator(space, num_samples, seed=0)
+    if search_alg is not None:
+        mode = "min" if metric else None
+        assert search_alg.set_search_properties(
+            metric, mode, space, num_samples=num_samples, seed=0
+        )
     if store.exists():
         definition = store.read_definition()
     else:
@@ -148,10 +156,11 @@ def make_controller(
         definition=definition,
         generator=generator,
         trainable=trainable,
-        executor=ThreadTrialExecutor(2),
+        executor=ThreadTrialExecutor(threads),
         checkpoint_config=checkpoint_config or CheckpointConfig(),
         failure_config=failure_config or FailureConfig(),
         stop=stop,
+        search_alg=search_alg,
         scheduler=scheduler,
         policy=policy,
         trainable_name=trainable.__name__,

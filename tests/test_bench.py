@@ -58,6 +58,8 @@ def test_the_benchmarks_run_every_workload_and_floor(tmp_path):
     assert only("W1", "throughput") > 0
     assert only("W1", "throughput", "floor: dask client.map") > 0
     assert only("W1", "throughput", "floor: prefect tasks") > 0
+    assert only("W1", "throughput", "prefect-tune, OptunaSearch") > 0
+    assert only("W1", "search cost per trial", "prefect-tune, OptunaSearch") > 0
     assert only("W2", "reports/s (fit wall)") > 0
     for workload, floor in (("W3", "floor: fsspec put (local)"), ("W6", "floor: s3fs put (moto)")):
         assert only(workload, "commit MiB/s") > 0

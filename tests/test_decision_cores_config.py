@@ -1,5 +1,5 @@
-"""ASHA, the median rule and Stoppers are accepted (wired into the Tuner); PBT and searchers
-other than the default are refused until wired, not silently ignored."""
+"""ASHA, the median rule, Stoppers and search algorithms are accepted (wired into the Tuner);
+PBT is refused until wired, not silently ignored."""
 
 from __future__ import annotations
 
@@ -43,9 +43,8 @@ def test_a_scheduler_not_wired_yet_is_refused_by_name():
         ConcurrencyLimiter(BasicVariantGenerator(), 2),
     ],
 )
-def test_a_search_algorithm_not_wired_yet_is_refused_by_name(search_alg):
-    with pytest.raises(ConfigError, match=r"TuneConfig\(search_alg=...\): .*decision core only"):
-        TuneConfig(search_alg=search_alg)
+def test_wired_search_algorithms_are_accepted(search_alg):
+    assert TuneConfig(search_alg=search_alg).search_alg is search_alg
 
 
 def test_other_objects_are_refused_as_such():

@@ -245,3 +245,31 @@ class CountingTrainable(tune.Trainable):
 
     def cleanup(self):
         self._log("cleanup")
+
+
+def branin_value(x1: float, x2: float) -> float:
+    """The Branin function: minimum 0.397887 at (-pi, 12.275), (pi, 2.275), (9.42478, 2.475)."""
+    import math
+
+    b, c, t = 5.1 / (4 * math.pi**2), 5 / math.pi, 1 / (8 * math.pi)
+    return (x2 - b * x1**2 + c * x1 - 6) ** 2 + 10 * (1 - t) * math.cos(x1) + 10
+
+
+def branin(config: dict[str, Any]) -> None:
+    """One report of Branin at ``(x1, x2)``. With ``side_log`` (a directory), writes
+    ``<trial_id>.json`` with the process-wide start and end of the call (``time.time()``) and
+    appends the trial id to ``runs.log`` each time it starts."""
+    import time
+
+    context = tune.get_context()
+    log = config.get("side_log")
+    started = time.time()
+    if log:
+        with open(os.path.join(log, "runs.log"), "a") as f:
+            f.write(context.get_trial_id() + "\n")
+    if config.get("hold_s"):
+        time.sleep(config["hold_s"])
+    tune.report({"loss": branin_value(config["x1"], config["x2"])})
+    if log:
+        with open(os.path.join(log, f"{context.get_trial_id()}.json"), "w") as f:
+            json.dump({"start": started, "end": time.time(), "config": config}, f)

@@ -14,7 +14,7 @@ from typing import Any
 
 import prefect_tune as tune
 from bench import floor
-from bench._common import Recorder
+from bench._common import Recorder, search_time
 
 NAME = "W1"
 TITLE = "trivial trials, one report each"
@@ -33,11 +33,14 @@ def make_tuner(
     name: str,
     trial_tags: tuple[str, ...] | None = None,
     artifacts: bool = True,
+    search_alg: Any = None,
 ) -> tune.Tuner:
     return tune.Tuner(
         trainable,
         param_space={"x": tune.uniform(0.0, 1.0)},
-        tune_config=tune.TuneConfig(metric="score", mode="max", num_samples=trials, seed=0),
+        tune_config=tune.TuneConfig(
+            metric="score", mode="max", num_samples=trials, seed=0, search_alg=search_alg
+        ),
         run_config=tune.RunConfig(
             name=name, storage_path=ctx.new_dir("w1"), trial_tags=trial_tags, artifacts=artifacts
         ),
@@ -47,6 +50,32 @@ def make_tuner(
 
 UNTAGGED = "prefect-tune, trial_tags=()"
 NO_ARTIFACTS = "prefect-tune, artifacts=False"
+OPTUNA = "prefect-tune, OptunaSearch"
+
+
+def _optuna_run(ctx: Any, trials: int, rep: int, rec: Recorder) -> None:
+    """W1 with ``search_alg=OptunaSearch(seed=0)`` (TPE): the same trials, and the driver's
+    time per trial in the search (suggest, including the write of search.json before each
+    dispatch, results and ends told)."""
+    from prefect_tune.engine import SearchRecord
+    from prefect_tune.search.optuna import OptunaSearch
+
+    methods = ("suggest", "on_trial_result", "on_trial_complete")
+    with search_time(SearchRecord, methods) as spent:
+        timing = ctx.fit(
+            make_tuner(ctx, trials, f"w1-optuna-{rep}", search_alg=OptunaSearch(seed=0)),
+            f"W1-optuna-{rep}",
+        )
+    _throughput(rec, OPTUNA, trials, timing.wall_s, ctx.concurrency)
+    rec.add(
+        NAME,
+        "search cost per trial (driver)",
+        spent["s"] / trials * 1000,
+        unit="ms",
+        better="lower",
+        system=OPTUNA,
+    )
+    print(f"  W1 rep {rep + 1}, {OPTUNA}: {timing.wall_s:.2f} s", flush=True)
 
 
 def _throughput(rec: Recorder, system: str, trials: int, wall: float, concurrency: int) -> None:
@@ -116,6 +145,7 @@ def run(ctx: Any, size: dict[str, Any], rec: Recorder) -> None:
         _throughput(rec, NO_ARTIFACTS, trials, timing.wall_s, ctx.concurrency)
         _server_load(rec, NO_ARTIFACTS, trials, timing)
         print(f"  W1 rep {rep + 1}, {NO_ARTIFACTS}: {timing.wall_s:.2f} s", flush=True)
+        _optuna_run(ctx, trials, rep, rec)
     if traces and last is not None:
         try:
             data = breakdown(traces[-1], last)

@@ -3,6 +3,7 @@
 - ``_controller``: `TuneController`, the driver loop (the only writer of experiment state).
 - ``_executor``: the `TrialExecutor` protocol and an in-process thread implementation.
 - ``_search``: `BasicVariantGenerator`, grid and random search.
+- ``_suggestions``: `SearchRecord`, a ``search_alg`` on the driver, each suggestion stored first.
 - ``_trial_run``: `run_trial`, one task run of a trial on its worker.
 - ``_session``: `TrialSession`, what ``report()`` does on the worker.
 - ``_control``: `Decision` and the trial controls asked after each result.
@@ -31,6 +32,7 @@ from prefect_tune.engine._session import (
     activated,
     current_session,
 )
+from prefect_tune.engine._suggestions import SEARCH_FILE, SearchRecord, is_custom_search
 from prefect_tune.engine._trial_run import TrialOutcome, TrialRequest, run_trial
 
 __all__ = [
@@ -44,6 +46,8 @@ __all__ = [
     "Progress",
     "ProgressTracker",
     "ResumePolicy",
+    "SEARCH_FILE",
+    "SearchRecord",
     "StopCriteria",
     "ThreadTrialExecutor",
     "TrialContext",
@@ -58,6 +62,7 @@ __all__ = [
     "checkpoints_to_drop",
     "current_session",
     "describe_param_space",
+    "is_custom_search",
     "run_trial",
     "space_from_description",
     "trial_summary",

@@ -194,11 +194,12 @@ class DaskDeskChannel:
                 while True:
                     events.append(self._queue.get_nowait())
             answers: dict[str, list[tuple[str, int, float | None, str]]] = {}
+            heard: list[tuple[str, Mapping[str, Any]]] = []
             for event in events:
                 if event is None:
                     continue
                 try:
-                    self._judge(event[1], answers)
+                    self._judge(event[1], answers, heard)
                 except Exception as exc:  # a damaged message must not end the desk
                     logger.warning("Decision desk: could not judge %r: %s", event, exc)
             try:
@@ -213,6 +214,8 @@ class DaskDeskChannel:
             for worker, batch in answers.items():
                 with contextlib.suppress(Exception):  # the worker may have gone
                     self.client.run(_deliver, batch, workers=[worker], on_error="return")
+            for trial_id, row in heard:  # the searcher hears rows once decisions have left
+                self.desk.tell(trial_id, row)
             with self._pending_lock:
                 self._pending -= len(events)
             if None in events:
@@ -222,6 +225,7 @@ class DaskDeskChannel:
         self,
         message: Mapping[str, Any],
         answers: dict[str, list[tuple[str, int, float | None, str]]],
+        heard: list[tuple[str, Mapping[str, Any]]],
     ) -> None:
         trial_id, attempt = str(message["trial"]), int(message["attempt"])
         worker = str(message["worker"])
@@ -230,6 +234,7 @@ class DaskDeskChannel:
             iteration = result_number(row, "training_iteration")
             waiting = iteration is not None and iteration in waits
             decision = self.desk.judge(trial_id, row, waiting)
+            heard.append((trial_id, row))
             first = decision is not Decision.CONTINUE and (trial_id, attempt) not in self._sent
             if first:
                 self._sent.add((trial_id, attempt))

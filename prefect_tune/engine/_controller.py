@@ -17,8 +17,20 @@ from prefect_tune.engine._decisions import DECISIONS_FILE, DecisionDesk, DeskCon
 from prefect_tune.engine._executor import ThreadTrialExecutor, TrialExecutor
 from prefect_tune.engine._progress import ExperimentObserver, ProgressTracker
 from prefect_tune.engine._search import BasicVariantGenerator
+from prefect_tune.engine._suggestions import (
+    FINISHED,
+    SEARCH_FILE,
+    SearchRecord,
+    listens_to_results,
+    stored_search_kind,
+)
 from prefect_tune.engine._trial_run import TrialOutcome, TrialRequest
-from prefect_tune.exceptions import ConfigError, DecisionStateMismatchError, TrialError
+from prefect_tune.exceptions import (
+    ConfigError,
+    DamagedStateError,
+    DecisionStateMismatchError,
+    TrialError,
+)
 from prefect_tune.state import (
     DEFAULT_LEASE_TTL_S,
     ExperimentDefinition,
@@ -87,6 +99,10 @@ class TuneController:
         failure_config: Retries and fail-fast.
         stop: ``RunConfig.stop`` (a dict, a function, or a ``Stopper``, which the driver's
             decision desk asks about every result).
+        search_alg: ``TuneConfig.search_alg`` other than the default (None: ``generator``
+            makes every config). Bound to the space already (``set_search_properties``); asked
+            on this thread as trials free up, each suggestion stored before its trial is
+            submitted (see ``engine/_suggestions.py``).
         scheduler: ``TuneConfig.scheduler`` (None: FIFO). A scheduler or a ``Stopper`` runs
             only with an executor that runs trials in this process (``ThreadTrialExecutor``)
             in this version; its state is stored with the experiment and checked on restore.
@@ -126,6 +142,7 @@ class TuneController:
         checkpoint_config: CheckpointConfig,
         failure_config: FailureConfig,
         stop: Any = None,
+        search_alg: Any = None,
         scheduler: Any = None,
         max_concurrent_trials: int | None = None,
         time_budget_s: float | None = None,
@@ -151,7 +168,13 @@ class TuneController:
         self.checkpoint_config = checkpoint_config
         self.failure_config = failure_config
         self.stop = stop
-        self.decisions = self._desk(stop, scheduler, executor, store)
+        self.search = SearchRecord(search_alg, store.storage) if search_alg is not None else None
+        listener = (
+            self.search.on_trial_result
+            if self.search is not None and listens_to_results(search_alg)
+            else None
+        )
+        self.decisions = self._desk(stop, scheduler, executor, store, listener)
         if self.decisions is not None and self.decisions.desk.stopper is not None:
             self.stop = None  # the Stopper is the desk's; a dict or function stays the trial's
         self.max_concurrent = max_concurrent_trials
@@ -195,21 +218,26 @@ class TuneController:
         self._submissions = 0
 
     @staticmethod
-    def _desk(stop: Any, scheduler: Any, executor: Any, store: ExperimentStore) -> Any:
+    def _desk(
+        stop: Any, scheduler: Any, executor: Any, store: ExperimentStore, listener: Any = None
+    ) -> Any:
         from prefect_tune.schedulers import FIFOScheduler
         from prefect_tune.stopper import Stopper
 
         stopper = stop if isinstance(stop, Stopper) else None
         if type(scheduler) is FIFOScheduler:
             scheduler = None
-        if stopper is None and scheduler is None:
+        if stopper is None and scheduler is None and listener is None:
             return None
         if not isinstance(executor, ThreadTrialExecutor) and not hasattr(executor, "dask_client"):
+            if stopper is None and scheduler is None:
+                return None  # the searcher learns from trials' ends only
             raise ConfigError(
                 "A scheduler or a Stopper needs trials run in the driver's process "
                 f"(ThreadTrialExecutor) or on Dask, not with {type(executor).__name__}."
             )
-        return DeskControl(DecisionDesk(scheduler=scheduler, stopper=stopper), store.storage)
+        desk = DecisionDesk(scheduler=scheduler, stopper=stopper)
+        return DeskControl(desk, store.storage, listener=listener)
 
     def _open_channel(self) -> None:
         """On Dask, rows come up and decisions go down the desk's channel; trials run in this
@@ -293,13 +321,26 @@ class TuneController:
         base = f"{self.trainable_name}_{trial.trial_id}"
         return f"{base} {summary}" if summary else base
 
+    def _trial_id(self, index: int) -> str:
+        return f"{self.definition.experiment_id}_{index:05d}"
+
     def _new_trial(self, index: int) -> TrialState:
-        trial_id = f"{self.definition.experiment_id}_{index:05d}"
+        trial_id = self._trial_id(index)
+        if self.search is None:
+            config = self.generator.config_for(index)
+        else:
+            recorded = self.search.recorded(index)
+            if recorded is None:
+                raise DamagedStateError(
+                    f"Trial {index} of the experiment has no stored state and no suggestion in "
+                    f"{SEARCH_FILE}: the search record is behind the experiment's snapshot."
+                )
+            config = recorded
         return TrialState(
             trial_id=trial_id,
             index=index,
             dir_name=f"{self.trainable_name}_{trial_id}",
-            config=self.generator.config_for(index),
+            config=config,
         )
 
     def _load(self) -> list[str]:
@@ -318,6 +359,17 @@ class TuneController:
         self.state.next_trial_index = max(
             [self.state.next_trial_index, *(i + 1 for i in self._packed)]
         )
+        if self.search is None and self.store.storage.exists(SEARCH_FILE):
+            raise DecisionStateMismatchError(
+                f"The experiment was run with the search algorithm {stored_search_kind(self.store.storage)} "
+                f"(its suggestions are stored in {SEARCH_FILE}); restore it with the same one "
+                "(TuneConfig(search_alg=...), Tuner.restore(search_alg=...)), never without."
+            )
+        if self.search is not None:
+            self.search.load(stored_trials=len(self._packed))
+            self._check_search_record()
+            # Suggested (and stored) just before the driver died: the trial is made from it.
+            self.state.next_trial_index = max(self.state.next_trial_index, self.search.next_index)
         # A trial submitted but not yet started when its driver stopped has no directory, and
         # is in no snapshot if none was saved after it was created: made again from its index.
         for index in range(self.state.next_trial_index):
@@ -340,6 +392,44 @@ class TuneController:
             self.state.flow_runs.append(self.flow_run)
         self.state.finished = False
         return unread
+
+    def _check_search_record(self) -> None:
+        """The stored suggestions name this experiment's trials, as stored."""
+        assert self.search is not None
+        total = self.definition.total_trials
+        if total is not None and self.search.next_index > total:
+            raise DamagedStateError(
+                f"{SEARCH_FILE} records {self.search.next_index} suggestions; the experiment "
+                f"has {total} trials."
+            )
+        for index in range(self.search.next_index):
+            recorded = self.search.recorded_id(index)
+            if recorded is not None and recorded != self._trial_id(index):
+                raise DamagedStateError(
+                    f"{SEARCH_FILE}: suggestion {index} names trial {recorded!r}, not "
+                    f"{self._trial_id(index)!r} of this experiment."
+                )
+
+    def _tell_finished(self) -> None:
+        """Tells the restored searcher of the trials that ended after its record was written
+        (the stored trials are the truth), in index order; queued trials are not over."""
+        assert self.search is not None
+        queued = {index for index, _ in self._queue}
+        for index, packed in sorted(self._packed.items()):
+            if index in queued or not packed.status.is_finished():
+                continue
+            summary = packed.unpack()
+            self.search.on_trial_complete(
+                summary.trial_id,
+                summary.last_result,
+                error=summary.status is TrialStatus.ERROR,
+            )
+
+    def _tell_complete(self, trial: TrialState) -> None:
+        if self.search is not None and trial.status.is_finished():
+            self.search.on_trial_complete(
+                trial.trial_id, trial.last_result, error=trial.status is TrialStatus.ERROR
+            )
 
     def _check_stored(self) -> None:
         """Reads everything the run will read of the stored experiment before this driver
@@ -398,6 +488,8 @@ class TuneController:
         # The stored definition decides: a restored generator may be a stand-in.
         total = self.definition.total_trials
         assert self.state is not None
+        if self.search is not None and self.search.finished:
+            return self.state.next_trial_index < self.search.next_index
         return total is None or self.state.next_trial_index < total
 
     # -- the loop --------------------------------------------------------------------------------
@@ -461,6 +553,8 @@ class TuneController:
 
     def _run(self) -> list[PackedSummary]:
         self._load()
+        if self.search is not None:
+            self._tell_finished()
         if self.decisions is not None:
             self._load_decisions()
         elif self.store.storage.exists(DECISIONS_FILE):
@@ -497,6 +591,13 @@ class TuneController:
                     if not self._launch_next(deadline):
                         break
                 if not self._running and (stopping or not self._delayed):
+                    if not stopping and self._has_more_trials() and not self._queue:
+                        logger.warning(
+                            "%s suggests no config while no trial runs: the experiment stops "
+                            "with %d trial(s); a later run asks it again.",
+                            type(self.search.searcher).__name__ if self.search else "search",
+                            self.state.next_trial_index if self.state else 0,
+                        )
                     break
                 for handle, result in self.executor.wait(timeout=self._wait_s()):
                     self._on_done(handle, result)
@@ -526,7 +627,12 @@ class TuneController:
             index, restart = self._queue.popleft()
             trial = self._whole(index)
         elif self._has_more_trials():
-            trial = self._new_trial(self.state.next_trial_index)
+            index = self.state.next_trial_index
+            if self.search is not None:
+                answer = self.search.suggest(index, self._trial_id(index))
+                if answer is None or answer == FINISHED:
+                    return False  # not now (a trial's end frees a slot), or no more at all
+            trial = self._new_trial(index)
             self.state.next_trial_index += 1
         else:
             return False
@@ -538,6 +644,7 @@ class TuneController:
                 trial.status = TrialStatus.TERMINATED
                 self.store.write_trial(trial)
                 self._finish(trial)
+                self._tell_complete(trial)
                 self._dirty = True
                 return True
             self.decisions.on_trial_add(trial.trial_id, trial.config)
@@ -572,6 +679,7 @@ class TuneController:
                 self._enqueue(result.trial)
             else:
                 self._finish(result.trial)
+                self._tell_complete(result.trial)
             return
         trial = self._failed_trial(index, result)
         max_failures = self.failure_config.max_failures
@@ -590,6 +698,7 @@ class TuneController:
             return
         logger.error("Trial %s errored: %s", trial.trial_id, trial.error)
         self._finish(trial)
+        self._tell_complete(trial)
         if self.failure_config.fail_fast and self._fail_fast_error is None:
             self._fail_fast_error = TrialError(f"Trial {trial.trial_id} errored: {trial.error}")
             # Running trials pause at their next fence check and stay resumable.
@@ -665,6 +774,8 @@ class TuneController:
             return
         if self.decisions is not None:
             self.decisions.save()  # first: the snapshot must not be ahead of the decisions
+        if self.search is not None:
+            self.search.save()
         self.store.write_state(self.state, self._rows())
         self._save_cost = time.monotonic() - now
         self._last_save = time.monotonic()

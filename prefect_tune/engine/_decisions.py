@@ -4,8 +4,10 @@ Status: ``TuneConfig(scheduler=ASHAScheduler | MedianStoppingRule)`` and
 ``RunConfig(stop=Stopper)`` are wired: over Dask by the channel in ``_channel.py``
 (``DaskDeskChannel`` on the driver, ``RemoteDeskControl`` in the trial), with trials in the
 driver's process by :class:`DeskControl` directly, and resume exactly after a driver is
-killed ("Exact resume" below). PBT (PAUSE and exploit) and ``TuneConfig(search_alg=...)`` are
-not wired here (refused with a ConfigError).
+killed ("Exact resume" below). PBT (PAUSE and exploit) is not wired here (refused with a
+ConfigError). A search algorithm with an ``on_trial_result`` hears each row through the desk
+(``DeskControl(listener=...)``), after the desk has judged it and stored what must be stored;
+its suggestions and state are not the desk's (``_suggestions.py``).
 
 Figures (one run each, 2-core machine shared with other jobs' tests, 2026-12-04; noisy):
 ``python -m bench.decision_latency``: decision latency p50 5.6 ms, p95 7.5 ms, max 12.4 ms (100
@@ -134,9 +136,10 @@ its task run).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from prefect_tune.engine._control import Decision, DecisionPoints
@@ -144,6 +147,8 @@ from prefect_tune.engine._decision_state import Stateful, result_number
 from prefect_tune.exceptions import DecisionStateMismatchError
 
 __all__ = ["DECISIONS_FILE", "DecisionDesk", "DeskControl"]
+
+logger = logging.getLogger("prefect_tune")
 
 _RANK = {Decision.CONTINUE: 0, Decision.PAUSE: 1, Decision.STOP: 2}
 
@@ -291,11 +296,20 @@ class DeskControl:
     trial waits for it). Callers commit before any such decision leaves the driver.
     In the driver's own process (the thread executor), it is also the trials' control:
     :meth:`on_result` judges, commits and answers inside ``report()``.
+
+    ``listener`` (the search algorithm's ``on_trial_result``, when it has one) is handed every
+    row after the desk has judged it (:meth:`tell`), outside the desk's lock.
     """
 
-    def __init__(self, desk: DecisionDesk, storage: Any) -> None:
+    def __init__(
+        self,
+        desk: DecisionDesk,
+        storage: Any,
+        listener: Callable[[str, Mapping[str, Any]], None] | None = None,
+    ) -> None:
         self.desk = desk
         self.storage = storage
+        self.listener = listener
         self._lock = threading.Lock()
         self._dirty = False
         self._last_time: dict[str, float] = {}  # trial -> its last time_attr, in this process
@@ -337,7 +351,17 @@ class DeskControl:
             decision = self.desk.on_result(trial_id, result)
             if waits or decision is not Decision.CONTINUE:
                 self._write()
-            return decision
+        self.tell(trial_id, result)
+        return decision
+
+    def tell(self, trial_id: str, result: Mapping[str, Any]) -> None:
+        """Hands a judged row to the listener (the searcher), if any; never raises."""
+        if self.listener is None:
+            return
+        try:
+            self.listener(trial_id, result)
+        except Exception as exc:  # the searcher's learning never fails the trial
+            logger.warning("The search algorithm could not take a result of %s: %r", trial_id, exc)
 
     def _at_point(self, trial_id: str, result: Mapping[str, Any]) -> bool:
         points = self.desk.points(trial_id)

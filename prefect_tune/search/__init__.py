@@ -6,9 +6,10 @@ Decision cores: each suggests from what it was told, and keeps its state as a ve
 document (``to_state`` / ``from_state``), so that a restore ends with exactly the trials asked
 for, none suggested twice and none lost.
 
-Wiring status: these are the decision cores only; ``TuneConfig(search_alg=...)`` lands next
-and, until then, refuses a search algorithm with a ``ConfigError`` (the Tuner's own grid and
-random search runs by default, seeded by ``TuneConfig(seed=...)``).
+Wired: ``TuneConfig(search_alg=...)`` runs any of them on the driver, each suggestion stored
+in the experiment's ``search.json`` before its trial is dispatched
+(``prefect_tune/engine/_suggestions.py``); without one, the Tuner's own grid and random search
+runs, seeded by ``TuneConfig(seed=...)``.
 
     >>> from prefect_tune.search import ConcurrencyLimiter  # was: from ray.tune.search import ...
 """

@@ -108,7 +108,9 @@ class OptunaSearch(Searcher):
         self._points = [_flatten(dict(p)) for p in points]
         self._sampler = sampler
         self._seed = int(seed) if seed is not None else secrets.randbits(32)
+        self._seed_given = seed is not None
         self._space: Mapping[str, Any] | None = space
+        self._own_space = space is not None
         self._distributions: dict[str, Any] = {}
         self._constants: dict[str, Any] = {}
         self._study: ot.Study | None = None
@@ -127,10 +129,11 @@ class OptunaSearch(Searcher):
     def set_search_properties(
         self, metric: str | None, mode: str | None, config: Mapping[str, Any], **spec: Any
     ) -> bool:
-        if self._space is not None and config:
+        if self._own_space and config:
             return False  # a space of its own and a param_space too: the tuner refuses both
         super().set_search_properties(metric, mode, config)
-        if self._space is None:
+        if not self._own_space:
+            # Bound again when a run resumes: the same param_space gives the same distributions.
             self._space = config
             self._distributions, self._constants = to_optuna_distributions(config)
         return True
@@ -231,6 +234,16 @@ class OptunaSearch(Searcher):
             "sampler": None if self._sampler is None else type(self._sampler).__name__,
             "seed": self._seed,
         }
+
+    def from_state(self, document: Mapping[str, Any]) -> None:
+        # A seed chosen at random (none given) is the stored one's: a restore with
+        # OptunaSearch() built again as it was continues the same search.
+        stored = document.get("settings") if isinstance(document, Mapping) else None
+        if not self._seed_given and self._sampler is None and isinstance(stored, Mapping):
+            seed = stored.get("seed")
+            if isinstance(seed, int) and not isinstance(seed, bool):
+                self._seed = seed
+        super().from_state(document)
 
     def state(self) -> dict[str, Any]:
         asked = sorted(self._asked.items(), key=lambda item: item[1]["number"])

@@ -35,6 +35,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--payload-kib", type=int, default=4)
     parser.add_argument("--max-failures", type=int, default=0)
     parser.add_argument(
+        "--search",
+        choices=["grid", "optuna"],
+        default="grid",
+        help="grid: one grid value of x per trial; optuna: x drawn by OptunaSearch(seed=0) "
+        "from uniform(0, trials - 1), --trials of them",
+    )
+    parser.add_argument(
         "--fail-upload",
         default=None,
         help='JSON {"x": [...], "iteration": k, "after_files": n}: fail those uploads once',
@@ -68,8 +75,13 @@ def xs(trials: int) -> list[float]:
 def param_space(args: argparse.Namespace) -> dict[str, Any]:
     import prefect_tune as tune
 
+    x: Any = (
+        tune.grid_search(xs(args.trials))
+        if args.search == "grid"
+        else tune.uniform(0.0, float(args.trials - 1))
+    )
     space: dict[str, Any] = {
-        "x": tune.grid_search(xs(args.trials)),
+        "x": x,
         "iterations": args.iterations,
         "sleep_s": args.sleep,
         "side_log": args.side_log,
@@ -134,6 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     from prefect_tune.testing import local_cluster_kwargs
     from tests.crash.trainables import crash_trainable
 
+    search_alg, num_samples = None, 1
+    if args.search == "optuna":
+        from prefect_tune.search.optuna import OptunaSearch
+
+        search_alg, num_samples = OptunaSearch(seed=0), args.trials
+
     _phase(started, "imported")
     if args.delay_lease:
         from prefect_tune.state import LeaseHolder
@@ -149,7 +167,14 @@ def main(argv: list[str] | None = None) -> int:
     tuner = Tuner(
         crash_trainable,
         param_space=param_space(args),
-        tune_config=TuneConfig(metric="loss", mode="min", seed=0, scheduler=scheduler),
+        tune_config=TuneConfig(
+            metric="loss",
+            mode="min",
+            seed=0,
+            num_samples=num_samples,
+            search_alg=search_alg,
+            scheduler=scheduler,
+        ),
         run_config=RunConfig(
             stop=stopper,
             name=args.name,
