@@ -116,7 +116,9 @@ class BenchContext:
                 what = "Prefect API start (prefect server start, SQLite)"
             else:
                 database = self._stack.enter_context(postgres_server())
-                self.rec.add_setup("PostgreSQL start (initdb + postgres)", time.perf_counter() - start)
+                self.rec.add_setup(
+                    "PostgreSQL start (initdb + postgres)", time.perf_counter() - start
+                )
                 self._postgres_pids = _postgres_pids()
                 start = time.perf_counter()
                 self._api_url = self._stack.enter_context(prefect_server(database))

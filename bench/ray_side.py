@@ -278,11 +278,11 @@ def main(argv: list[str] | None = None) -> int:
                 args.workdir,
                 reuse_actors=True,
             )
-            rec.add_setup(
-                f"Ray warm-up experiment ({num_cpus} CPUs)", time.perf_counter() - start
-            )
+            rec.add_setup(f"Ray warm-up experiment ({num_cpus} CPUs)", time.perf_counter() - start)
             for name in names:
-                RUNNERS[name](sizes[name], args.repeat, os.path.join(args.workdir, name.lower()), rec)
+                RUNNERS[name](
+                    sizes[name], args.repeat, os.path.join(args.workdir, name.lower()), rec
+                )
         finally:
             ray.shutdown()
     with open(args.json, "w") as handle:

@@ -237,11 +237,12 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print(format_table(rec, TITLES))
-    if "W1 breakdown" in rec.details:
-        from bench._trace import format_breakdown
+    for workload in ("W1", "W8"):
+        if f"{workload} breakdown" in rec.details:
+            from bench._trace import format_breakdown
 
-        print()
-        print(format_breakdown(rec.details["W1 breakdown"]))
+            print()
+            print(format_breakdown(rec.details[f"{workload} breakdown"], workload))
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as handle:

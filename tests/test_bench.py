@@ -91,7 +91,9 @@ def test_w8_runs_its_systems_and_floor_and_prints_span_and_fit(tmp_path):
     """W8 at a tiny size: every system's span and fit() come out as multiples of the ideal,
     beside the per-trial CPU, memory and the gaps around the trials."""
     out = tmp_path / "w8.json"
-    sets = [arg for key, value in W8_TINY.items() for arg in ("--set", f"{key}={json.dumps(value)}")]
+    sets = [
+        arg for key, value in W8_TINY.items() for arg in ("--set", f"{key}={json.dumps(value)}")
+    ]
     proc = subprocess.run(
         [sys.executable, "-m", "bench.run", "--only", "W8", *sets, "--json", str(out)],
         cwd=REPO,
@@ -119,7 +121,9 @@ def test_w8_runs_its_systems_and_floor_and_prints_span_and_fit(tmp_path):
         assert span_x >= 1.0 and fit_x >= span_x, system
         assert math.isclose(span, span_x * ideal, rel_tol=1e-9), system
         assert math.isclose(wall, fit_x * ideal, rel_tol=1e-9), system
-        (idle,) = values[("W8", "worker slot idle per trial ((slots x span - work) / trials)", system)]
+        (idle,) = values[
+            ("W8", "worker slot idle per trial ((slots x span - work) / trials)", system)
+        ]
         assert idle >= 0, system
     for system in systems[:3]:
         (driver_cpu,) = values[("W8", "CPU / trial during fit(): driver", system)]

@@ -44,7 +44,8 @@ FLOOR = "floor: dask client.submit"
 def trainable(config: dict[str, Any]) -> None:
     t_start = time.time()
     time.sleep(config["sleep_s"])
-    tune.report({"score": config["x"], "t_start": t_start, "t_end": time.time()})
+    t_end = time.time()
+    tune.report({"score": config["x"], "t_start": t_start, "t_end": t_end, "t_report": t_end})
 
 
 def sleep_task(sleep_s: float) -> tuple[float, float]:
@@ -171,8 +172,20 @@ def _one(
     trials: int,
     sleep_s: float,
     concurrency: int,
+    trace: bool = False,
 ) -> None:
-    timing = ctx.fit(tuner, label)
+    from bench._trace import breakdown, format_breakdown, trace_driver
+
+    with trace_driver() as driver_trace:
+        timing = ctx.fit(tuner, label)
+    if trace:
+        try:
+            data = breakdown(driver_trace, timing.results, max_trials=trials)
+        except Exception as exc:  # instrumentation only: never lose the numbers
+            rec.note(NAME, f"per-trial breakdown unavailable: {type(exc).__name__}: {exc}")
+        else:
+            rec.details["W8 breakdown"] = data
+            print(format_breakdown(data, NAME), flush=True)
     span = record_span(
         rec,
         system,
@@ -224,7 +237,9 @@ def run(ctx: Any, size: dict[str, Any], rec: Recorder) -> None:
     start = time.perf_counter()
     warm = _tuner(ctx, 2, 0.0, 2, "w8-warm-up", own_cluster_runner(2))
     ctx.fit(warm, "W8-warm-up")
-    rec.add_setup("W8 warm-up experiment (2 trials, own 2-worker cluster)", time.perf_counter() - start)
+    rec.add_setup(
+        "W8 warm-up experiment (2 trials, own 2-worker cluster)", time.perf_counter() - start
+    )
 
     for rep in range(repeat):
         tuner = _tuner(ctx, trials, sleep_s, workers, f"w8-own-{rep}", own_cluster_runner(workers))
@@ -252,7 +267,7 @@ def run(ctx: Any, size: dict[str, Any], rec: Recorder) -> None:
     for rep in range(repeat):
         runner = DaskTaskRunner(address=cluster.scheduler_address)
         tuner = _tuner(ctx, trials, sleep_s, workers, f"w8-existing-{rep}", runner)
-        _one(ctx, rec, EXISTING, tuner, f"W8-existing-{rep}", **kwargs)
+        _one(ctx, rec, EXISTING, tuner, f"W8-existing-{rep}", trace=rep == repeat - 1, **kwargs)
         if untagged:
             runner = DaskTaskRunner(address=cluster.scheduler_address)
             tuner = _tuner(ctx, trials, sleep_s, workers, f"w8-untagged-{rep}", runner, ())
