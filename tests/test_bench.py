@@ -26,6 +26,10 @@ TINY = {
     "W7.iterations": 6,
     "W7.fail_at": 3,
     "W7.failing": 2,
+    "W8.trials": 8,
+    "W8.workers": 2,
+    "W8.sleep_s": 0.1,
+    "W8.memory_trials": 0,
 }
 
 
@@ -53,7 +57,7 @@ def test_the_benchmarks_run_every_workload_and_floor(tmp_path):
         return found[0][0]
 
     assert all(math.isfinite(x) for v in values.values() for x in v)
-    for workload in ("W1", "W2", "W3", "W4", "W5", "W6", "W7"):
+    for workload in ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8"):
         assert any(w == workload and s == "prefect-tune" for w, _, s in values), workload
     assert only("W1", "throughput") > 0
     assert only("W1", "throughput", "floor: dask client.map") > 0
