@@ -1,6 +1,9 @@
 """`BenchContext`: the services a workload needs, each started once and only when first asked for.
 
-- a Prefect API (``prefect_test_harness``: a temporary server and database),
+- a Prefect API: ``prefect_test_harness`` (a temporary server and SQLite database, the default),
+  or with ``prefect_db`` ``"sqlite"`` / ``"postgresql"`` a ``prefect server start`` on SQLite or
+  on a throw-away PostgreSQL cluster (``prefect_tune.testing.prefect_server`` /
+  ``postgres_server``),
 - one ``distributed.LocalCluster`` (2 worker processes x 1 thread) whose workers report to it,
   hosted in a child process (``bench._cluster_host``) unless ``in_process_cluster``,
 - a moto S3 server on 127.0.0.1 (its own process),
@@ -23,6 +26,7 @@ import os
 import pstats
 import subprocess
 import sys
+import threading
 import time
 import tracemalloc
 import uuid
@@ -51,6 +55,14 @@ class FitTiming:
     # CPU seconds used during fit() (start to return) by: the driver, the Dask cluster's
     # processes, the Prefect server
     cpu_during_s: dict[str, float] = field(default_factory=dict)
+    # the driver's resident memory: its highest value during fit() (sampled every 50 ms) above
+    # its value before
+    rss_growth_bytes: int | None = None
+    started_at: float = 0.0  # time.time() when fit() was called
+    returned_at: float = 0.0  # time.time() when it returned
+
+
+PREFECT_DBS = ("harness", "sqlite", "postgresql")
 
 
 class BenchContext:
@@ -67,13 +79,17 @@ class BenchContext:
         floor: bool,
         profile_dir: str | None = None,
         in_process_cluster: bool = False,
+        prefect_db: str = "harness",
     ):
+        if prefect_db not in PREFECT_DBS:
+            raise ValueError(f"prefect_db {prefect_db!r}: expected one of {', '.join(PREFECT_DBS)}")
         self.rec = rec
         self.workdir = workdir
         self.repeat = repeat
         self.floor = floor
         self.profile_dir = profile_dir
         self.in_process_cluster = in_process_cluster
+        self.prefect_db = prefect_db
         self._stack = contextlib.ExitStack()
         self._api_url: str | None = None
         self._cluster: Any = None
@@ -81,18 +97,33 @@ class BenchContext:
         self._s3: ObjectStoreServer | None = None
         self._warm = False
         self._server: Any = None
+        self._postgres_pids: set[int] = set()
+        self._clusters: dict[tuple[int, int], Any] = {}
+        self.cluster_start_s: dict[tuple[int, int], float] = {}
 
     # -- services --------------------------------------------------------------------------------
 
     def prefect_api(self) -> str:
         if self._api_url is None:
-            from prefect_tune.testing import prefect_api
+            from prefect_tune.testing import postgres_server, prefect_api, prefect_server
 
             start = time.perf_counter()
-            self._api_url = self._stack.enter_context(prefect_api(startup_timeout=120))
-            self.rec.add_setup(
-                "Prefect API start (prefect_test_harness)", time.perf_counter() - start
-            )
+            if self.prefect_db == "harness":
+                self._api_url = self._stack.enter_context(prefect_api(startup_timeout=120))
+                what = "Prefect API start (prefect_test_harness)"
+            elif self.prefect_db == "sqlite":
+                self._api_url = self._stack.enter_context(prefect_server(None))
+                what = "Prefect API start (prefect server start, SQLite)"
+            else:
+                database = self._stack.enter_context(postgres_server())
+                self.rec.add_setup(
+                    "PostgreSQL start (initdb + postgres)", time.perf_counter() - start
+                )
+                self._postgres_pids = _postgres_pids()
+                start = time.perf_counter()
+                self._api_url = self._stack.enter_context(prefect_server(database))
+                what = "Prefect API start (prefect server start, PostgreSQL)"
+            self.rec.add_setup(what, time.perf_counter() - start)
         return self._api_url
 
     def server_process(self) -> Any:
@@ -104,30 +135,35 @@ class BenchContext:
             for child in psutil.Process().children(recursive=True):
                 with contextlib.suppress(psutil.Error):
                     cmdline = " ".join(child.cmdline())
-                    if "uvicorn" in cmdline and "prefect.server" in cmdline:
+                    if _is_prefect_server(cmdline):
                         self._server = child
                         break
         return self._server
+
+    def _role(self, process: Any) -> str:
+        server = self.server_process()
+        if server is not None and process.pid == server.pid:
+            return "Prefect server"
+        if process.pid in self._postgres_pids or _is_postgres(process):
+            return "PostgreSQL"
+        return "Dask cluster"
 
     def server_cpu_s(self) -> float | None:
         server = self.server_process()
         return None if server is None else _cpu_s(server)
 
     def cpu_by_role(self) -> dict[str, float]:
-        """CPU seconds used so far by this process (the driver), the Prefect server, and every
-        other child process (the Dask cluster)."""
+        """CPU seconds used so far by this process (the driver), the Prefect server, PostgreSQL
+        (with ``prefect_db="postgresql"``) and every other child process (the Dask clusters)."""
         import psutil
 
         me = psutil.Process()
-        server = self.server_process()
         out = {"driver": _cpu_s(me), "Prefect server": 0.0, "Dask cluster": 0.0}
+        if self.prefect_db == "postgresql":
+            out["PostgreSQL"] = 0.0
         for child in me.children(recursive=True):
-            role = (
-                "Prefect server"
-                if server is not None and child.pid == server.pid
-                else "Dask cluster"
-            )
-            out[role] += _cpu_s(child)
+            role = self._role(child)
+            out[role] = out.get(role, 0.0) + _cpu_s(child)
         return out
 
     def settle_server(self, max_wait_s: float = 180.0) -> float:
@@ -162,7 +198,7 @@ class BenchContext:
                 )
                 where = "in the driver process"
             else:
-                self._cluster = self._stack.enter_context(_hosted_cluster(api_url))
+                self._cluster = self._stack.enter_context(hosted_cluster(api_url))
                 where = "in its own process"
             self.rec.add_setup(
                 f"Dask LocalCluster start ({N_WORKERS} workers x {THREADS_PER_WORKER} thread, "
@@ -170,6 +206,25 @@ class BenchContext:
                 time.perf_counter() - start,
             )
         return self._cluster
+
+    def cluster_of(self, n_workers: int, threads_per_worker: int = 1) -> Any:
+        """Another cluster of ``n_workers`` (W8's 16), in its own process, started once; its
+        start time goes to the set-up list and to ``self.cluster_start_s[n_workers]``."""
+        key = (n_workers, threads_per_worker)
+        if key not in self._clusters:
+            api_url = self.prefect_api()
+            start = time.perf_counter()
+            self._clusters[key] = self._stack.enter_context(
+                hosted_cluster(api_url, n_workers, threads_per_worker)
+            )
+            seconds = time.perf_counter() - start
+            self.cluster_start_s[key] = seconds
+            self.rec.add_setup(
+                f"Dask LocalCluster start ({n_workers} workers x {threads_per_worker} thread, "
+                "in its own process)",
+                seconds,
+            )
+        return self._clusters[key]
 
     def task_runner(self) -> Any:
         """A DaskTaskRunner on the shared cluster (a new client for each flow run)."""
@@ -241,17 +296,22 @@ class BenchContext:
         self.settle_server()
         server_cpu_before = self.server_cpu_s()
         cpu_before = self.cpu_by_role()
+        sampler = _RssSampler()
+        started_at = time.time()
         start = time.perf_counter()
         try:
             if profiler is not None:
                 profiler.enable()
-            results = tuner.fit()
+            with sampler:
+                results = tuner.fit()
             wall = time.perf_counter() - start
         finally:
             if profiler is not None:
                 profiler.disable()
+        returned_at = time.time()
         cpu_after = self.cpu_by_role()
-        timing = FitTiming(results, wall)
+        timing = FitTiming(results, wall, started_at=started_at, returned_at=returned_at)
+        timing.rss_growth_bytes = sampler.growth
         timing.cpu_during_s = {
             role: cpu_after[role] - cpu_before.get(role, 0.0) for role in cpu_after
         }
@@ -281,6 +341,38 @@ class BenchContext:
         self._stack.close()
 
 
+class _RssSampler:
+    """The driver's resident set size, sampled every 50 ms by a thread while inside."""
+
+    def __init__(self, interval_s: float = 0.05) -> None:
+        import psutil
+
+        self._process = psutil.Process()
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-rss", daemon=True)
+        self.before = 0
+        self.peak = 0
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            self.peak = max(self.peak, self._process.memory_info().rss)
+
+    def __enter__(self) -> _RssSampler:
+        self.before = self.peak = self._process.memory_info().rss
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._process.memory_info().rss)
+
+    @property
+    def growth(self) -> int:
+        return self.peak - self.before
+
+
 def _cpu_s(process: Any) -> float:
     """User + system CPU seconds of a psutil process so far; 0 if it has gone."""
     import psutil
@@ -291,13 +383,42 @@ def _cpu_s(process: Any) -> float:
     return 0.0
 
 
+def _is_prefect_server(cmdline: str) -> bool:
+    """The harness's uvicorn, or ``prefect server start`` (which runs uvicorn in its process)."""
+    return ("uvicorn" in cmdline and "prefect.server" in cmdline) or " server start" in cmdline
+
+
+def _is_postgres(process: Any) -> bool:
+    import psutil
+
+    with contextlib.suppress(psutil.Error):
+        return bool(process.name() == "postgres")
+    return False
+
+
+def _postgres_pids() -> set[int]:
+    """The PostgreSQL processes below this one (the postmaster and its backends)."""
+    import psutil
+
+    return {p.pid for p in psutil.Process().children(recursive=True) if _is_postgres(p)}
+
+
 @contextlib.contextmanager
-def _hosted_cluster(api_url: str) -> Iterator[Any]:
+def hosted_cluster(
+    api_url: str, n_workers: int = N_WORKERS, threads_per_worker: int = THREADS_PER_WORKER
+) -> Iterator[Any]:
     """The LocalCluster of ``bench._cluster_host``, in a child process (see that module)."""
     from tests._env import REPO_ROOT
 
     process = subprocess.Popen(
-        [sys.executable, "-m", "bench._cluster_host", api_url],
+        [
+            sys.executable,
+            "-m",
+            "bench._cluster_host",
+            api_url,
+            str(n_workers),
+            str(threads_per_worker),
+        ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         cwd=REPO_ROOT,

@@ -189,9 +189,9 @@ def _stat(label: str, values: list[float]) -> dict[str, Any]:
     }
 
 
-def format_breakdown(data: dict[str, Any]) -> str:
+def format_breakdown(data: dict[str, Any], workload: str = "W1") -> str:
     lines = [
-        f"Where one W1 trial's time goes ({data['trials']} trials of the last run, ms):",
+        f"Where one {workload} trial's time goes ({data['trials']} trials of the last run, ms):",
         "",
         "| step | median | p90 | max | n | n > 1 s |",
         "|---|---:|---:|---:|---:|---:|",

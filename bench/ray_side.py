@@ -1,10 +1,13 @@
-"""W1-W3 through Ray Tune, for ``python -m bench.run --compare ray`` (run in a Python with Ray).
+"""W1-W3 and W8 through Ray Tune, for ``python -m bench.run --compare ray`` (run in a Python with
+Ray).
 
 Imports only the standard library, Ray and the standard-library parts of ``bench``, so it runs in
 a virtualenv that has ``ray[tune]`` but not Prefect (e.g. ``/tmp/venv-ray``). The trainables do
 the same work as prefect-tune's (``tune.report``, ``tune.Checkpoint``) and record the same
 timings; the Ray runtime (``ray.init``) starts once, outside every timed ``fit()``.
-W1 uses Ray's best configuration for short trials, ``reuse_actors=True``.
+W1 and W8 use Ray's best configuration for short trials, ``reuse_actors=True``. W1-W3 run on
+``ray.init(num_cpus=2)`` (as the bench's 2 Dask worker threads), W8 on a runtime of its own with
+``num_cpus=16`` (its 16 single-thread workers), started outside the timed ``fit()`` too.
 
 Usage::
 
@@ -205,7 +208,60 @@ def run_w3(size: dict[str, Any], repeat: int, storage: str, rec: Recorder) -> No
         shutil.rmtree(os.path.join(storage, f"w3-{rep}"), ignore_errors=True)
 
 
-RUNNERS = {"W1": run_w1, "W2": run_w2, "W3": run_w3}
+def w8_trainable(config: dict[str, Any]) -> None:
+    t_start = time.time()
+    time.sleep(config["sleep_s"])
+    tune.report({"score": config["x"], "t_start": t_start, "t_end": time.time()})
+
+
+def run_w8(size: dict[str, Any], repeat: int, storage: str, rec: Recorder) -> None:
+    trials, sleep_s, workers = int(size["trials"]), float(size["sleep_s"]), int(size["workers"])
+    ideal = trials * sleep_s / workers
+    for rep in range(int(size.get("repeat", repeat))):
+        called_at = time.time()
+        results, _ = _fit(
+            w8_trainable,
+            {"x": tune.uniform(0.0, 1.0), "sleep_s": sleep_s},
+            trials,
+            f"w8-{rep}",
+            storage,
+            reuse_actors=True,
+            max_concurrent_trials=workers,
+        )
+        returned_at = time.time()
+        stamps = [(r.metrics["t_start"], r.metrics["t_end"]) for r in results]
+        first = min(a for a, _ in stamps)
+        last = max(b for _, b in stamps)
+        span, wall = last - first, returned_at - called_at
+        rows = (
+            ("span / ideal", span / ideal, "x"),
+            ("fit() / ideal", wall / ideal, "x"),
+            ("span", span, "s"),
+            ("fit() wall", wall, "s"),
+            ("fit() start -> first trial start", first - called_at, "s"),
+            ("last trial end -> fit() returned", returned_at - last, "s"),
+            (
+                "worker slot idle per trial ((slots x span - work) / trials)",
+                (workers * span - trials * sleep_s) / trials * 1000,
+                "ms",
+            ),
+        )
+        for metric, value, unit in rows:
+            rec.add("W8", metric, value, unit=unit, better="lower", system=RAY)
+        print(
+            f"  [ray] W8 rep {rep + 1}: span {span:.1f} s ({span / ideal:.3f}x), fit() {wall:.1f}"
+            f" s ({wall / ideal:.3f}x), load {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
+            flush=True,
+        )
+        shutil.rmtree(os.path.join(storage, f"w8-{rep}"), ignore_errors=True)
+    rec.note(
+        "W8",
+        f"Ray Tune: reuse_actors=True, ray.init(num_cpus={workers}) before fit() (not timed), "
+        "max_concurrent_trials as prefect-tune's.",
+    )
+
+
+RUNNERS = {"W1": run_w1, "W2": run_w2, "W3": run_w3, "W8": run_w8}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,30 +281,42 @@ def main(argv: list[str] | None = None) -> int:
 
     rec = Recorder()
     rec.details["ray_version"] = ray.__version__
-    start = time.perf_counter()
-    ray.init(
-        num_cpus=CONCURRENCY,
-        include_dashboard=False,
-        log_to_driver=False,
-        logging_level=logging.WARNING,
-    )
-    rec.add_setup("Ray runtime start (ray.init)", time.perf_counter() - start)
-    try:
-        # Warm-up, as on the prefect-tune side: worker start and imports stay out of the numbers.
+    selected = [w.strip() for w in args.only.split(",") if w.strip()]
+    # W1-W3 share a 2-CPU runtime; W8 gets one of its own, with as many CPUs as its workers.
+    groups = [
+        (CONCURRENCY, [w for w in selected if w != "W8"]),
+        (int(sizes.get("W8", {}).get("workers", 16)), [w for w in selected if w == "W8"]),
+    ]
+    for num_cpus, names in groups:
+        if not names:
+            continue
         start = time.perf_counter()
-        _fit(
-            w1_trainable,
-            {"x": tune.uniform(0.0, 1.0)},
-            2,
-            "warm-up",
-            args.workdir,
-            reuse_actors=True,
+        ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
         )
-        rec.add_setup("Ray warm-up experiment (2 trials)", time.perf_counter() - start)
-        for name in [w.strip() for w in args.only.split(",") if w.strip()]:
-            RUNNERS[name](sizes[name], args.repeat, os.path.join(args.workdir, name.lower()), rec)
-    finally:
-        ray.shutdown()
+        rec.add_setup(f"Ray runtime start (ray.init, {num_cpus} CPUs)", time.perf_counter() - start)
+        try:
+            # Warm-up, as on the prefect-tune side: worker start and imports stay out of the
+            # numbers (W8: one trial per CPU, so that every actor has started).
+            start = time.perf_counter()
+            _fit(
+                w1_trainable,
+                {"x": tune.uniform(0.0, 1.0)},
+                2 if num_cpus == CONCURRENCY else 2 * num_cpus,
+                f"warm-up-{num_cpus}",
+                args.workdir,
+                reuse_actors=True,
+            )
+            rec.add_setup(f"Ray warm-up experiment ({num_cpus} CPUs)", time.perf_counter() - start)
+            for name in names:
+                RUNNERS[name](
+                    sizes[name], args.repeat, os.path.join(args.workdir, name.lower()), rec
+                )
+        finally:
+            ray.shutdown()
     with open(args.json, "w") as handle:
         json.dump(rec.to_json(), handle, indent=2)
     return 0

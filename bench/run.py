@@ -25,6 +25,7 @@ if __package__ in (None, ""):  # `python bench/run.py`: make `bench` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench._common import Recorder, format_table, machine  # noqa: E402
+from bench._context import PREFECT_DBS  # noqa: E402
 from bench.sizes import sizes  # noqa: E402
 from bench.workloads import MODULES, TITLES  # noqa: E402
 from bench.workloads import RAY as RAY_WORKLOADS  # noqa: E402
@@ -36,7 +37,7 @@ DEFAULT_RAY_PYTHON = "/tmp/venv-ray/bin/python"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.run",
-        description="prefect-tune benchmarks (DESIGN.md W1-W7) with floors and Ray Tune.",
+        description="prefect-tune benchmarks (DESIGN.md W1-W8) with floors and Ray Tune.",
     )
     parser.add_argument("--repeat", type=int, default=3, help="runs of each workload (default 3)")
     parser.add_argument("--full", action="store_true", help="DESIGN.md's sizes (default: small)")
@@ -54,7 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["ray"],
         action="append",
         default=[],
-        help="also run W1-W3 through Ray Tune (in a subprocess)",
+        help="also run W1-W3 and W8 through Ray Tune (in a subprocess)",
     )
     parser.add_argument(
         "--ray-python",
@@ -84,6 +85,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--prefect-log-level",
         default="WARNING",
         help="PREFECT_LOGGING_LEVEL for driver and workers (default WARNING, as in the tests)",
+    )
+    parser.add_argument(
+        "--prefect-db",
+        choices=PREFECT_DBS,
+        default="harness",
+        help="the Prefect API: 'harness' (prefect_test_harness, the default), 'sqlite' "
+        "(prefect server start on SQLite) or 'postgresql' (prefect server start on a throw-away "
+        "PostgreSQL cluster)",
+    )
+    parser.add_argument(
+        "--fast-dispatch",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="set PREFECT_TUNE_FAST_TRIAL_DISPATCH for the run (default: leave it as it is)",
     )
     args = parser.parse_args(argv)
     if args.repeat < 1:
@@ -171,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     from bench._context import BenchContext
     from bench.workloads import load
 
+    if args.fast_dispatch is not None:
+        os.environ["PREFECT_TUNE_FAST_TRIAL_DISPATCH"] = "true" if args.fast_dispatch else "false"
+
     table = sizes(args.full)
     for item in args.set:
         key, _, value = item.partition("=")
@@ -182,13 +200,26 @@ def main(argv: list[str] | None = None) -> int:
     rec.details["machine"] = machine()
     rec.details["command"] = " ".join(["python -m bench.run", *(argv or sys.argv[1:])])
     rec.details["sizes"] = {w: table[w] for w in args.selected}
+    rec.details["prefect_db"] = args.prefect_db
+    rec.details["fast_trial_dispatch"] = os.environ.get("PREFECT_TUNE_FAST_TRIAL_DISPATCH", "")
+    rec.details["load_average_at_start"] = list(os.getloadavg())
     print(
         f"prefect-tune benchmarks: {', '.join(args.selected)}; sizes "
-        f"{'full' if args.full else 'small'}; {args.repeat} runs each; work dir {workdir}",
+        f"{'full' if args.full else 'small'}; {args.repeat} runs each; Prefect API "
+        f"{args.prefect_db}; work dir {workdir}; load average "
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}",
         flush=True,
     )
     started = time.perf_counter()
-    ctx = BenchContext(rec, workdir, repeat=args.repeat, floor=args.floor, profile_dir=args.profile)
+    ctx = BenchContext(
+        rec,
+        workdir,
+        repeat=args.repeat,
+        floor=args.floor,
+        profile_dir=args.profile,
+        in_process_cluster=args.in_process_cluster,
+        prefect_db=args.prefect_db,
+    )
     try:
         for name in args.selected:
             print(f"== {name}: {TITLES[name]} {table[name]}", flush=True)
@@ -202,14 +233,16 @@ def main(argv: list[str] | None = None) -> int:
     if "ray" in args.compare:
         run_ray(args, table, workdir, rec)
     rec.details["total_seconds"] = round(time.perf_counter() - started, 1)
+    rec.details["load_average_at_end"] = list(os.getloadavg())
 
     print()
     print(format_table(rec, TITLES))
-    if "W1 breakdown" in rec.details:
-        from bench._trace import format_breakdown
+    for workload in ("W1", "W8"):
+        if f"{workload} breakdown" in rec.details:
+            from bench._trace import format_breakdown
 
-        print()
-        print(format_breakdown(rec.details["W1 breakdown"]))
+            print()
+            print(format_breakdown(rec.details[f"{workload} breakdown"], workload))
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as handle:
@@ -217,7 +250,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nJSON written to {args.json}")
     if not args.keep and not args.workdir:
         shutil.rmtree(workdir, ignore_errors=True)
-    print(f"\ntotal {rec.details['total_seconds']} s", flush=True)
+    print(
+        f"\ntotal {rec.details['total_seconds']} s; load average "
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}",
+        flush=True,
+    )
     return 0
 
 

@@ -20,6 +20,16 @@ SMALL: dict[str, dict[str, Any]] = {
     "W5": {"trials": 8, "iterations": 20, "sleep_s": 0.1},
     "W6": {"trials": 4, "checkpoints": 4, "mib": 16, "num_to_keep": 2},
     "W7": {"trials": 8, "iterations": 8, "fail_at": 4, "failing": 3, "sleep_s": 0.02},
+    # W8 scaled down (ideal 20 s), run once: its runs are long. memory_trials: the untimed
+    # tracemalloc run (0.01 s sleeps).
+    "W8": {
+        "trials": 320,
+        "sleep_s": 1.0,
+        "workers": 16,
+        "repeat": 1,
+        "memory_trials": 2000,
+        "memory_sleep_s": 0.01,
+    },
 }
 
 FULL: dict[str, dict[str, Any]] = {
@@ -30,6 +40,14 @@ FULL: dict[str, dict[str, Any]] = {
     "W5": {"trials": 8, "iterations": 20, "sleep_s": 0.2},
     "W6": {"trials": 4, "checkpoints": 10, "mib": 16, "num_to_keep": 2},
     "W7": {"trials": 8, "iterations": 20, "fail_at": 10, "failing": 3, "sleep_s": 0.1},
+    "W8": {
+        "trials": 1000,
+        "sleep_s": 1.0,
+        "workers": 16,
+        "repeat": 1,
+        "memory_trials": 10000,
+        "memory_sleep_s": 0.01,
+    },
 }
 
 

@@ -18,6 +18,7 @@ MODULES = {
     "W5": "bench.workloads.w5_kill_restore",
     "W6": "bench.workloads.w6_s3_checkpoints",
     "W7": "bench.workloads.w7_errored",
+    "W8": "bench.workloads.w8_bookkeeping",
 }
 
 TITLES = {
@@ -28,9 +29,10 @@ TITLES = {
     "W5": "driver killed half-way, restored (correctness)",
     "W6": "checkpoints on S3 (moto)",
     "W7": "errored trials: resume/restart/max_failures (correctness)",
+    "W8": "bookkeeping overhead: 1 s trials on 16 single-thread workers",
 }
 
-RAY = ("W1", "W2", "W3")
+RAY = ("W1", "W2", "W3", "W8")
 
 
 def load(name: str) -> ModuleType:
