@@ -173,6 +173,7 @@ def test_snapshot_records_each_trial_as_a_summary_on_its_own_line(store):
         "num_failures": 0,
         "error": None,
         "error_type": None,
+        "best_metric": None,
     }
 
     state = store.read_state()
