@@ -187,7 +187,7 @@ def _damage_model(store: Any, checkpoint_uri: str) -> None:
         ("missing", "CheckpointNotFoundError"),
         ("outside", "CheckpointOutsideExperimentError"),
         ("deleted-file", "IncompleteCheckpointError"),
-        ("junk-model", "CheckpointError: Checkpoint"),
+        ("junk-model", "does not hold a digits model"),
         ("other-experiment", "ConfigError"),
         ("nothing", "ConfigError"),
     ],
