@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
+import time
 from typing import Any
 
 import prefect_tune as tune
@@ -192,3 +194,18 @@ def bowl(config):
                 {"loss": (config["x"] - 0.3) ** 2 + 1.0 / step, "step": step},
                 checkpoint=tune.Checkpoint.from_directory(d),
             )
+
+
+def talks(config: dict[str, Any]) -> None:
+    """Prints and logs lines that name its trial and process, around a short wait (so trials
+    on one worker overlap), then reports once."""
+    context = tune.get_context()
+    where = f"trial {context.trial_id} in process {os.getpid()}"
+    logger = logging.getLogger("tests.trainables.talks")
+    logger.setLevel(logging.INFO)  # Python's default for a logger is WARNING
+    print(f"first print from {where}")
+    logger.info("info from %s", where)
+    time.sleep(float(config.get("wait_s", 0.5)))
+    logger.warning("warning from %s", where)
+    print(f"second print from {where}")
+    tune.report({"loss": float(config.get("x", 0))})
