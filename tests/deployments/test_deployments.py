@@ -175,3 +175,83 @@ def test_after_crashes_in_a_row_the_resume_stops_and_says_why(stack: Stack, clie
     assert "crashed in a row" in failed[0].state.message, failed[0].state.message
     assert "CrashLoopError" in failed[0].state.message, failed[0].state.message
     assert not os.path.exists(os.path.join(storage, f"loop-{_today()}"))
+
+
+def _completed_payload(experiment: str) -> dict[str, Any]:
+    """The ``prefect-tune.experiment.completed`` payload of the contract, for a stored
+    experiment (read from storage as the driver would have it at its end)."""
+    from prefect_tune import ResultGrid
+
+    grid = ResultGrid.from_path(experiment)
+    best = grid.get_best_result(metric="acc", mode="max")
+    assert best.checkpoint is not None
+    return {
+        "experiment_uri": experiment,
+        "metric": "acc",
+        "mode": "max",
+        "best_trial_id": best.trial_id,
+        "best_metric_value": best.metrics["acc"],
+        "checkpoint_uri": best.checkpoint.path,
+        "num_trials": len(grid),
+        "num_errored": grid.num_errors,
+    }
+
+
+def _emit_completed(stack: Stack, experiment: str, flow_run_id: Any) -> dict[str, Any]:
+    """Emits, from here, the event the experiment's flow run emits at its end; returns its
+    payload."""
+    import asyncio
+
+    from prefect.events import Event
+    from prefect.events.clients import PrefectEventsClient
+
+    name = os.path.basename(experiment)
+    payload = _completed_payload(experiment)
+    event = Event(
+        event="prefect-tune.experiment.completed",
+        resource={"prefect.resource.id": f"prefect-tune.experiment.{name}"},
+        related=[
+            {
+                "prefect.resource.id": f"prefect.flow-run.{flow_run_id}",
+                "prefect.resource.role": "flow-run",
+            }
+        ],
+        payload=payload,
+    )
+
+    async def send() -> None:
+        async with PrefectEventsClient(api_url=stack.api_url) as events:
+            await events.emit(event)
+
+    asyncio.run(send())
+    return payload
+
+
+def test_the_completed_event_starts_batch_inference_that_writes_predictions(
+    stack: Stack, client: Any, nightly_run: Any
+) -> None:
+    assert nightly_run.state.is_completed(), nightly_run.state
+    experiment = os.path.join(stack.storage, "nightly", f"digits-{_today()}")
+    # Until the experiment flow emits the event itself, the test does; then this line becomes
+    # `payload = _completed_payload(experiment)` and the run's own event starts the inference.
+    payload = _emit_completed(stack, experiment, nightly_run.id)
+
+    inference = client.read_deployment_by_name("digits-batch-inference/on-experiment-completed")
+    deadline = time.monotonic() + 300
+    while True:
+        runs = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[inference.id])),
+        )
+        mine = [r for r in runs if r.parameters.get("experiment_uri") == experiment]
+        if mine and all(r.state and r.state.is_final() for r in mine):
+            break
+        assert time.monotonic() < deadline, f"no final triggered run: {[r.state for r in mine]}"
+        time.sleep(1)
+    for run in mine:
+        assert run.state.is_completed(), run.state
+        assert run.parameters["checkpoint_uri"] == payload["checkpoint_uri"]
+        assert run.parameters["storage_block"] is None  # the deployment's, under the trigger's
+        predictions = os.path.join(experiment, "predictions", f"{run.id}.csv")
+        with open(predictions) as f:
+            lines = f.read().splitlines()
+        assert lines[0] == "index,label,prediction,confidence" and len(lines) == 1 + 200
