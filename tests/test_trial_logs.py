@@ -91,3 +91,7 @@ def test_prints_and_log_records_reach_the_trials_task_run(
             assert by_name["info"].name == "tests.trainables.talks"
             assert by_name["warning"].level == 30 and by_name["info"].level == 20
             assert by_name["first print"].level == 20
+    from distributed import Client
+
+    with Client(info_cluster) as dask:  # the swap of print ended with the last trial
+        assert set(dask.run(trainables.print_is_builtin).values()) == {True}

@@ -209,3 +209,10 @@ def talks(config: dict[str, Any]) -> None:
     logger.warning("warning from %s", where)
     print(f"second print from {where}")
     tune.report({"loss": float(config.get("x", 0))})
+
+
+def print_is_builtin() -> bool:
+    """Whether ``print`` in this process is Python's own (run on workers with ``Client.run``)."""
+    import builtins
+
+    return getattr(builtins.print, "__module__", None) == "builtins"

@@ -42,6 +42,9 @@ _TRIAL_LOGGER: contextvars.ContextVar[logging.LoggerAdapter[Any] | None] = conte
 _lock = threading.Lock()
 _active = 0  # trials running in this process
 _original_print: Any = None
+# What print was when this module was imported: the fallback should another swap of
+# builtins.print (Prefect's log_prints in a task run here) put ours back after the last trial.
+_IMPORTED_PRINT = builtins.print
 _handler: _ToTaskRun | None = None
 
 
@@ -49,7 +52,7 @@ def _print(*args: Any, **kwargs: Any) -> None:
     """``print``, sent to the calling thread's trial task run log when there is one."""
     logger = _TRIAL_LOGGER.get()
     target = kwargs.get("file")
-    original = _original_print or builtins.print
+    original = _original_print or _IMPORTED_PRINT
     if logger is None or target not in (None, sys.stdout, sys.stderr):
         original(*args, **kwargs)
         return
@@ -111,14 +114,13 @@ def _install() -> None:
 
 
 def _uninstall() -> None:
-    global _active, _original_print, _handler
+    global _active, _handler
     with _lock:
         _active -= 1
         if _active > 0:
             return
         if builtins.print is _print and _original_print is not None:
             builtins.print = _original_print
-        _original_print = None
         if _handler is not None:
             logging.getLogger().removeHandler(_handler)
             _handler = None
