@@ -9,9 +9,45 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any
 
-from prefect_tune.exceptions import CheckpointError, IncompleteCheckpointError
-from prefect_tune.state import TrialState, load_document_json
-from prefect_tune.storage import Storage, StorageSpec, layout
+from prefect_tune.exceptions import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    CheckpointOutsideExperimentError,
+    ExperimentNotFoundError,
+    IncompleteCheckpointError,
+)
+from prefect_tune.state import ExperimentStore, TrialState, load_document_json
+from prefect_tune.storage import (
+    Storage,
+    StorageSpec,
+    TuneStorage,
+    layout,
+    normalize_url,
+    resolve_spec,
+)
+
+
+def _split_checkpoint_url(url: str) -> tuple[str, str, str]:
+    """``(experiment URL, trial dir, checkpoint dir)`` of a checkpoint's URL.
+
+    Raises:
+        CheckpointOutsideExperimentError: ``url`` does not end in
+            ``trials/<trial dir>/checkpoint_<n>``.
+    """
+    head, _, name = url.rpartition("/")
+    head, _, trial_dir = head.rpartition("/")
+    experiment_url, _, trials = head.rpartition("/")
+    if (
+        layout.parse_checkpoint_name(name) is None
+        or trials != layout.TRIALS_DIR
+        or layout.path_problem(trial_dir, single=True) is not None
+        or not experiment_url
+    ):
+        raise CheckpointOutsideExperimentError(
+            f"{url} is not a checkpoint of an experiment: a checkpoint URI ends in "
+            f"<experiment>/{layout.TRIALS_DIR}/<trial dir>/{layout.checkpoint_name(3)}."
+        )
+    return experiment_url, trial_dir, name
 
 
 class Checkpoint:
@@ -84,6 +120,82 @@ class Checkpoint:
         ckpt = cls(path, storage_options)
         ckpt._committed = True
         ckpt._listed = files
+        return ckpt
+
+    @classmethod
+    def from_uri(
+        cls,
+        uri: str | os.PathLike[str],
+        storage_options: dict[str, Any] | None = None,
+        *,
+        storage: TuneStorage | None = None,
+    ) -> Checkpoint:
+        """The committed checkpoint of a stored experiment at ``uri``, checked before use.
+
+        ``uri`` is what ``Result.checkpoint.path`` and the ``checkpoint_uri`` of the
+        ``prefect-tune.experiment.completed`` event hold:
+        ``<storage_path>/<experiment>/trials/<trial dir>/checkpoint_000003``, on any storage.
+        Everything it reads is untrusted: the path must have that form, an experiment must be
+        stored above it, its trial's ``trial.json`` must list it, and every file listed must be
+        stored with its listed size. Only small files and a listing are read, never the
+        checkpoint's payload, and nothing is written.
+
+        Args:
+            uri: The checkpoint directory: a local or NFS path, or an fsspec URL. With
+                ``storage``, a relative path is taken below the block's ``storage_path``.
+            storage_options: fsspec options (endpoint, credentials) for ``uri``.
+            storage: A :class:`~prefect_tune.TuneStorage` block whose credentials reach ``uri``.
+
+        Raises:
+            ConfigError: both ``storage_options`` and ``storage`` were given.
+            CheckpointOutsideExperimentError: ``uri`` is not of the form above, or no
+                experiment is stored above it.
+            CheckpointNotFoundError: the trial or its checkpoint does not exist, or the trial
+                does not keep it (never committed, or dropped by ``num_to_keep``).
+            IncompleteCheckpointError: files the checkpoint's record lists are missing or of
+                another size.
+            UnsafePathError: a file name the record lists could lead outside the checkpoint.
+            DamagedStateError: the experiment's definition or the trial's state is damaged.
+
+        Examples:
+            >>> ckpt = Checkpoint.from_uri(  # doctest: +SKIP
+            ...     "s3://bucket/tune/exp/trials/train_fn_a1b2c_00000/checkpoint_000003",
+            ...     storage=TuneStorage.load("tuning"),
+            ... )
+            >>> with ckpt.as_directory() as d:  # doctest: +SKIP
+            ...     model = load_model(d)
+        """
+        spec = resolve_spec(uri, storage_options, storage)
+        url = normalize_url(spec.url)
+        experiment_url, trial_dir, name = _split_checkpoint_url(url)
+        experiment = Storage.open(StorageSpec(experiment_url, spec.options))
+        try:
+            ExperimentStore(experiment).read_definition()
+        except ExperimentNotFoundError as exc:
+            raise CheckpointOutsideExperimentError(
+                f"{url} is not a checkpoint of an experiment: no experiment is stored at "
+                f"{experiment_url} (no {layout.EXPERIMENT_FILE})."
+            ) from exc
+        trial = ExperimentStore(experiment).read_trial(trial_dir)
+        if trial is None:
+            raise CheckpointNotFoundError(
+                f"No checkpoint at {url}: the experiment {experiment_url} has no trial "
+                f"{trial_dir!r}."
+            )
+        record = next((c for c in trial.checkpoints if c.dir_name == name), None)
+        if record is None:
+            kept = ", ".join(c.dir_name for c in trial.checkpoints) or "none"
+            raise CheckpointNotFoundError(
+                f"No checkpoint at {url}: trial {trial.trial_id} keeps no {name} (it was never "
+                f"committed, or CheckpointConfig(num_to_keep=...) dropped it; kept: {kept})."
+            )
+        ckpt = cls.from_committed(url, spec.options, files=record.files)
+        files = ckpt._files()  # a version 1 record: its manifest's list; paths checked
+        for rel in files:
+            layout.checked_path(rel, f"Checkpoint {url}")
+        present = ckpt._storage_root().walk_files()
+        if any(present.get(rel) != size for rel, size in files.items()):
+            raise ckpt._lacking(files)
         return ckpt
 
     @property

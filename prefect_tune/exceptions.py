@@ -24,6 +24,8 @@ __all__ = [
     "StorageNotSharedError",
     "CheckpointError",
     "IncompleteCheckpointError",
+    "CheckpointNotFoundError",
+    "CheckpointOutsideExperimentError",
     "StateError",
     "UnsupportedSchemaVersionError",
     "DamagedStateError",
@@ -110,6 +112,16 @@ class CheckpointError(PrefectTuneError):
 
 class IncompleteCheckpointError(CheckpointError, FileNotFoundError):
     """The checkpoint has no manifest or lacks files its manifest lists: it was never committed."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """No committed checkpoint is stored at the given URI: its directory, its trial or the
+    trial's record of it does not exist."""
+
+
+class CheckpointOutsideExperimentError(CheckpointError, ValueError):
+    """A URI given as a checkpoint of an experiment does not name one: it is not of the form
+    ``<experiment>/trials/<trial dir>/checkpoint_<n>``, or no experiment is stored above it."""
 
 
 class StateError(PrefectTuneError):

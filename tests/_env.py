@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Read at import time: settling after any of these is imported would come too late for it.
@@ -73,3 +74,20 @@ def settle_environment(
     parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     if REPO_ROOT not in parts:
         os.environ["PYTHONPATH"] = os.pathsep.join([REPO_ROOT, *parts])
+
+
+FLOWS_DIR = os.path.join(REPO_ROOT, "flows")
+
+
+def import_flow(module: str) -> Any:
+    """The example flow module ``flows/<module>.py``, imported as the flows import each other
+    (``from tune_digits import ...``): ``flows/`` on ``sys.path`` here and on ``PYTHONPATH``
+    for the processes started from now on (Dask workers import the trainables by name)."""
+    import importlib
+
+    if FLOWS_DIR not in sys.path:
+        sys.path.insert(0, FLOWS_DIR)
+    parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if FLOWS_DIR not in parts:
+        os.environ["PYTHONPATH"] = os.pathsep.join([*parts, FLOWS_DIR])
+    return importlib.import_module(module)

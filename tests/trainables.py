@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
+import time
 from typing import Any
 
 import prefect_tune as tune
@@ -273,3 +275,25 @@ def branin(config: dict[str, Any]) -> None:
     if log:
         with open(os.path.join(log, f"{context.get_trial_id()}.json"), "w") as f:
             json.dump({"start": started, "end": time.time(), "config": config}, f)
+
+
+def talks(config: dict[str, Any]) -> None:
+    """Prints and logs lines that name its trial and process, around a short wait (so trials
+    on one worker overlap), then reports once."""
+    context = tune.get_context()
+    where = f"trial {context.trial_id} in process {os.getpid()}"
+    logger = logging.getLogger("tests.trainables.talks")
+    logger.setLevel(logging.INFO)  # Python's default for a logger is WARNING
+    print(f"first print from {where}")
+    logger.info("info from %s", where)
+    time.sleep(float(config.get("wait_s", 0.5)))
+    logger.warning("warning from %s", where)
+    print(f"second print from {where}")
+    tune.report({"loss": float(config.get("x", 0))})
+
+
+def print_is_builtin() -> bool:
+    """Whether ``print`` in this process is Python's own (run on workers with ``Client.run``)."""
+    import builtins
+
+    return getattr(builtins.print, "__module__", None) == "builtins"

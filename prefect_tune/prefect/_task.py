@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
 from prefect_tune._console import quiet_worker_shutdown
 from prefect_tune.engine import TrialOutcome, TrialRequest, run_trial
+from prefect_tune.prefect._trial_output import trial_output
 
 
 class Sealed:
@@ -27,13 +28,19 @@ class Sealed:
         return repr(self.request)
 
 
-@task(name="trial", cache_policy=NO_CACHE, persist_result=False, retries=0)
+# log_prints=False: Prefect's print swap is not safe for trials overlapping on one worker;
+# trial_output sends prints (and log records) to the task run's log instead.
+@task(name="trial", cache_policy=NO_CACHE, persist_result=False, retries=0, log_prints=False)
 def trial_task(sealed: Sealed) -> TrialOutcome:
-    """Runs one trial once; failures and resumes are the controller's, not Prefect retries."""
+    """Runs one trial once; failures and resumes are the controller's, not Prefect retries.
+
+    The trainable's ``print`` and log records go to this task run's log (`trial_output`).
+    """
     quiet_worker_shutdown()
     context = TaskRunContext.get()
     task_run_id = str(context.task_run.id) if context is not None else None
-    return run_trial(sealed.request, task_run_id=task_run_id)
+    with trial_output(get_run_logger()):  # type: ignore[arg-type]
+        return run_trial(sealed.request, task_run_id=task_run_id)
 
 
 def trial_run_name() -> str:

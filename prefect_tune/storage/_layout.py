@@ -6,6 +6,8 @@
         experiment.json                 the definition: trainable, search space, configs
         experiment_state.json           the driver's snapshot: every trial's status and summary
         lease.json                      which driver holds the experiment, until when
+        predictions/<flow run id>.csv   what a batch-inference flow run scored with a checkpoint
+                                        (flows/batch_inference.py): not experiment state
         trials/<trial dir>/
             trial.json                  the trial's own state, written by its worker; the
                                         write that lists a checkpoint (its files and sizes)
@@ -38,6 +40,8 @@ RESULTS_DIR = "results"
 CHECKPOINT_PREFIX = "checkpoint_"
 MANIFEST_FILE = ".prefect_tune_manifest.json"
 PROBE_DIR = ".probe"
+#: Outputs of downstream flows (batch inference) beside the experiment; never read as state.
+PREDICTIONS_DIR = "predictions"
 #: One record per driver (flow run) of the experiment, written before it takes the lease.
 DRIVERS_DIR = "drivers"
 
@@ -118,6 +122,11 @@ def checked_path(rel: str, where: str, *, single: bool = False) -> str:
 
 def probe_file(token: str) -> str:
     return f"{PROBE_DIR}/{token}"
+
+
+def predictions_file(flow_run_id: str) -> str:
+    """Where a batch-inference flow run writes its predictions, below the experiment."""
+    return f"{PREDICTIONS_DIR}/{checked_path(flow_run_id, PREDICTIONS_DIR, single=True)}.csv"
 
 
 def driver_file(flow_run_id: str) -> str:

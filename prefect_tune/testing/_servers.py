@@ -230,7 +230,9 @@ def local_cluster_kwargs(n_workers: int, threads_per_worker: int) -> dict[str, A
 
 
 @contextlib.contextmanager
-def local_cluster(*, n_workers: int, threads_per_worker: int, api_url: str) -> Iterator[Any]:
+def local_cluster(
+    *, n_workers: int, threads_per_worker: int, api_url: str, env: dict[str, str] | None = None
+) -> Iterator[Any]:
     """A ``distributed.LocalCluster`` of worker processes whose task runs report to ``api_url``.
 
     Pass ``DaskTaskRunner(address=cluster.scheduler_address)`` to run flows on it, as a real
@@ -240,6 +242,7 @@ def local_cluster(*, n_workers: int, threads_per_worker: int, api_url: str) -> I
         n_workers: Worker processes.
         threads_per_worker: Threads of each worker: trials that run at once on it.
         api_url: The Prefect API of the workers (``PREFECT_API_URL``).
+        env: More environment variables of the worker processes (``PREFECT_LOGGING_LEVEL``).
 
     Yields:
         The running cluster.
@@ -247,7 +250,8 @@ def local_cluster(*, n_workers: int, threads_per_worker: int, api_url: str) -> I
     from distributed import LocalCluster
 
     with LocalCluster(
-        **local_cluster_kwargs(n_workers, threads_per_worker), env={"PREFECT_API_URL": api_url}
+        **local_cluster_kwargs(n_workers, threads_per_worker),
+        env={**(env or {}), "PREFECT_API_URL": api_url},
     ) as cluster:
         yield cluster
 

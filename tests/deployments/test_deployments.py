@@ -175,3 +175,54 @@ def test_after_crashes_in_a_row_the_resume_stops_and_says_why(stack: Stack, clie
     assert "crashed in a row" in failed[0].state.message, failed[0].state.message
     assert "CrashLoopError" in failed[0].state.message, failed[0].state.message
     assert not os.path.exists(os.path.join(storage, f"loop-{_today()}"))
+
+
+def _completed_payload(experiment: str) -> dict[str, Any]:
+    """The ``prefect-tune.experiment.completed`` payload of the contract, for a stored
+    experiment (read from storage as the driver would have it at its end)."""
+    from prefect_tune import ResultGrid
+
+    grid = ResultGrid.from_path(experiment)
+    best = grid.get_best_result(metric="acc", mode="max")
+    assert best.checkpoint is not None
+    return {
+        "experiment_uri": experiment,
+        "metric": "acc",
+        "mode": "max",
+        "best_trial_id": best.trial_id,
+        "best_metric_value": best.metrics["acc"],
+        "checkpoint_uri": best.checkpoint.path,
+        "num_trials": len(grid),
+        "num_errored": grid.num_errors,
+    }
+
+
+def test_the_completed_event_starts_batch_inference_that_writes_predictions(
+    stack: Stack, client: Any, nightly_run: Any
+) -> None:
+    assert nightly_run.state.is_completed(), nightly_run.state
+    experiment = os.path.join(stack.storage, "nightly", f"digits-{_today()}")
+    # The nightly run's own prefect-tune.experiment.completed event starts the inference; the
+    # payload it must carry is read here from the stored experiment.
+    payload = _completed_payload(experiment)
+
+    inference = client.read_deployment_by_name("digits-batch-inference/on-experiment-completed")
+    deadline = time.monotonic() + 300
+    while True:
+        runs = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[inference.id])),
+        )
+        mine = [r for r in runs if r.parameters.get("experiment_uri") == experiment]
+        if mine and all(r.state and r.state.is_final() for r in mine):
+            break
+        assert time.monotonic() < deadline, f"no final triggered run: {[r.state for r in mine]}"
+        time.sleep(1)
+    assert len(mine) == 1, [r.name for r in mine]  # one event, one run
+    for run in mine:
+        assert run.state.is_completed(), run.state
+        assert run.parameters["checkpoint_uri"] == payload["checkpoint_uri"]
+        assert run.parameters["storage_block"] is None  # the deployment's, under the trigger's
+        predictions = os.path.join(experiment, "predictions", f"{run.id}.csv")
+        with open(predictions) as f:
+            lines = f.read().splitlines()
+        assert lines[0] == "index,label,prediction,confidence" and len(lines) == 1 + 200
