@@ -197,6 +197,50 @@ def _completed_payload(experiment: str) -> dict[str, Any]:
     }
 
 
+def _read_events(stack: Stack, names: list[str], resource_id: str) -> list[dict[str, Any]]:
+    """The events named ``names`` about ``resource_id``, as the server's API returns them."""
+    import httpx
+
+    response = httpx.post(
+        f"{stack.api_url}/events/filter",
+        json={
+            "filter": {
+                "event": {"name": names},
+                "resource": {"id": [resource_id]},
+                "order": "ASC",
+            },
+            "limit": 50,
+        },
+        timeout=30,
+    )
+    response.raise_for_status()
+    return list(response.json()["events"])
+
+
+def test_the_nightly_run_emits_started_and_completed_events_with_the_outcome(
+    stack: Stack, nightly_run: Any
+) -> None:
+    assert nightly_run.state.is_completed(), nightly_run.state
+    name = f"digits-{_today()}"
+    experiment = os.path.join(stack.storage, "nightly", name)
+    names = ["prefect-tune.experiment.started", "prefect-tune.experiment.completed"]
+    deadline = time.monotonic() + 60
+    while True:  # the server records an event a moment after it is emitted
+        events = _read_events(stack, names, f"prefect-tune.experiment.{name}")
+        if {e["event"] for e in events} == set(names):
+            break
+        assert time.monotonic() < deadline, [e["event"] for e in events]
+        time.sleep(1)
+    assert [e["event"] for e in events] == names, [e["event"] for e in events]
+    completed = events[-1]
+    expected = _completed_payload(experiment)
+    assert {k: completed["payload"].get(k) for k in expected} == expected
+    assert completed["payload"]["num_terminated"] == expected["num_trials"]
+    related = [r for r in completed["related"] if r["prefect.resource.role"] == "flow-run"]
+    assert len(related) == 1 and related[0]["prefect.resource.id"].startswith("prefect.flow-run.")
+    assert "secret" not in str(completed).lower()
+
+
 def test_the_completed_event_starts_batch_inference_that_writes_predictions(
     stack: Stack, client: Any, nightly_run: Any
 ) -> None:
