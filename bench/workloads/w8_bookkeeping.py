@@ -38,6 +38,7 @@ TITLE = "bookkeeping overhead: 1 s trials on 16 single-thread workers"
 OWN_CLUSTER = "prefect-tune"  # fit() starts the cluster: what a user's script does
 EXISTING = "prefect-tune, existing cluster"
 EXISTING_UNTAGGED = "prefect-tune, existing cluster, trial_tags=()"
+EXISTING_NO_ARTIFACTS = "prefect-tune, existing cluster, artifacts=False"
 FLOOR = "floor: dask client.submit"
 
 
@@ -63,6 +64,7 @@ def _tuner(
     name: str,
     task_runner: Any,
     trial_tags: tuple[str, ...] | None = None,
+    artifacts: bool = True,
 ) -> tune.Tuner:
     return tune.Tuner(
         trainable,
@@ -75,7 +77,11 @@ def _tuner(
             seed=0,
         ),
         run_config=tune.RunConfig(
-            name=name, storage_path=ctx.new_dir("w8"), trial_tags=trial_tags, verbose=0
+            name=name,
+            storage_path=ctx.new_dir("w8"),
+            trial_tags=trial_tags,
+            verbose=0,
+            artifacts=artifacts,
         ),
         task_runner=task_runner,
     )
@@ -223,6 +229,7 @@ def run(ctx: Any, size: dict[str, Any], rec: Recorder) -> None:
     memory_trials = int(size.get("memory_trials", 0))
     memory_sleep_s = float(size.get("memory_sleep_s", 0.01))
     untagged = bool(size.get("untagged", True))
+    no_artifacts = bool(size.get("no_artifacts", True))
     kwargs = {"trials": trials, "sleep_s": sleep_s, "concurrency": workers}
     rec.note(
         NAME,
@@ -272,6 +279,14 @@ def run(ctx: Any, size: dict[str, Any], rec: Recorder) -> None:
             runner = DaskTaskRunner(address=cluster.scheduler_address)
             tuner = _tuner(ctx, trials, sleep_s, workers, f"w8-untagged-{rep}", runner, ())
             _one(ctx, rec, EXISTING_UNTAGGED, tuner, f"W8-untagged-{rep}", **kwargs)
+        if no_artifacts:
+            # The same without the flow run's artifacts (RunConfig(artifacts=False)), in turn
+            # with the run above so that the machine's load falls on both alike.
+            runner = DaskTaskRunner(address=cluster.scheduler_address)
+            tuner = _tuner(
+                ctx, trials, sleep_s, workers, f"w8-no-artifacts-{rep}", runner, artifacts=False
+            )
+            _one(ctx, rec, EXISTING_NO_ARTIFACTS, tuner, f"W8-no-artifacts-{rep}", **kwargs)
 
     if ctx.floor:
         from distributed import Client
