@@ -64,7 +64,8 @@ class TuneConfig:
             suggests ``num_samples`` trials (fewer if it says FINISHED), each stored before
             its trial starts; its state is stored with the experiment.
         scheduler: A trial scheduler from ``prefect_tune.schedulers``: ``FIFOScheduler``
-            (the default), ``ASHAScheduler`` or ``MedianStoppingRule``; PBT is refused.
+            (the default), ``ASHAScheduler``, ``MedianStoppingRule``,
+            ``PopulationBasedTraining`` or a ``TrialScheduler`` subclass.
 
     Examples:
         >>> TuneConfig(metric="loss", mode="min", num_samples=8, max_concurrent_trials=2, seed=0)
@@ -325,27 +326,15 @@ class RunConfig:
 
 def _check_decision_cores(search_alg: Any, scheduler: Any) -> None:
     # Imported here: the schedulers and searchers import the engine, which imports this module.
-    from prefect_tune.schedulers import (
-        ASHAScheduler,
-        FIFOScheduler,
-        MedianStoppingRule,
-        TrialScheduler,
-    )
+    from prefect_tune.schedulers import TrialScheduler
     from prefect_tune.search import Searcher
 
-    later = (
-        "is a decision core only in this version: wiring it into the Tuner lands next. Until "
-        "then it is refused rather than ignored; remove it to run"
-    )
-    if scheduler is not None:
-        if not isinstance(scheduler, TrialScheduler):
-            raise _fail(
-                "TuneConfig",
-                "scheduler",
-                f"must be a scheduler from prefect_tune.schedulers, got {type(scheduler).__name__}.",
-            )
-        if not isinstance(scheduler, (FIFOScheduler, ASHAScheduler, MedianStoppingRule)):
-            raise _fail("TuneConfig", "scheduler", f"{type(scheduler).__name__} {later} FIFO.")
+    if scheduler is not None and not isinstance(scheduler, TrialScheduler):
+        raise _fail(
+            "TuneConfig",
+            "scheduler",
+            f"must be a scheduler from prefect_tune.schedulers, got {type(scheduler).__name__}.",
+        )
     if search_alg is not None and not isinstance(search_alg, Searcher):
         raise _fail(
             "TuneConfig",

@@ -162,6 +162,11 @@ class Tuner:
         trainable = _function_trainable(trainable, run_config)
         self.trainable = trainable
         self.param_space = dict(param_space or {})
+        check_space = getattr(tune_config.scheduler, "check_param_space", None)
+        if check_space is not None and (
+            self.param_space or not is_custom_search(tune_config.search_alg)
+        ):
+            check_space(self.param_space)
         self.tune_config = tune_config
         self.run_config = run_config
         self.task_runner = task_runner
