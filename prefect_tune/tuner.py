@@ -227,6 +227,8 @@ class Tuner:
     def _tune_config_record(self) -> dict[str, Any]:
         record: dict[str, Any] = {}
         for f in dataclasses.fields(self.tune_config):
+            if f.name == "reuse_actors":
+                continue  # ignored: not part of what defines the experiment
             value = getattr(self.tune_config, f.name)
             if f.name in ("search_alg", "scheduler"):
                 value = None if value is None else type(value).__name__
