@@ -4,8 +4,11 @@ Status: ``TuneConfig(scheduler=ASHAScheduler | MedianStoppingRule)`` and
 ``RunConfig(stop=Stopper)`` are wired: over Dask by the channel in ``_channel.py``
 (``DaskDeskChannel`` on the driver, ``RemoteDeskControl`` in the trial), with trials in the
 driver's process by :class:`DeskControl` directly, and resume exactly after a driver is
-killed ("Exact resume" below). PBT (PAUSE and exploit) is not wired here (refused with a
-ConfigError). A search algorithm with an ``on_trial_result`` hears each row through the desk
+killed ("Exact resume" below). So is ``PopulationBasedTraining``: its PAUSE leaves like a STOP
+(stored first), the exploit it decided stays pending in the stored state until the driver has
+made it between the trial's two task runs (``_exploits.py``: the donor's checkpoint copied into
+the trial, then committed to its ``trial.json``, then ``exploit_committed``), and the desk drops
+an exploit whose donor never reported a checkpoint, with a warning. A search algorithm with an ``on_trial_result`` hears each row through the desk
 (``DeskControl(listener=...)``), after the desk has judged it and stored what must be stored;
 its suggestions and state are not the desk's (``_suggestions.py``).
 
@@ -91,6 +94,14 @@ judged (``judged`` per trial) are judged, in trial index order, each trial's row
 the same stored experiment always resumes to the same decisions), up to each unfinished
 trial's latest checkpoint (the rows after it are reported again by the re-run, and judged
 then), and the state is stored. A trial whose stored decision is STOP is not run again.
+
+PBT's exploits add one more step after the decision: the exploit is stored as pending with
+the PAUSE, made by the driver before the trial's next task run (copy, then commit to
+``trial.json``) and only then marked committed in ``decisions.json``. A kill before the commit
+leaves it pending: it is made once after the restore, the same (its draws are seeded);
+a kill after it is recognised by the trial's ``ExploitRecord`` (same donor, same times) and
+the exploit is not made again (``tests/crash/test_crash_pbt.py``). PBT also hears of trials
+that ended (``hears_trial_ends``), told again from the stored trials on restore.
 
 So, after any kill: a trial stopped by ASHA stays stopped, at the same iteration; a rung
 record is never undone, changed or made twice (each rung as stored at a kill is a prefix of
