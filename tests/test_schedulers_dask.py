@@ -107,6 +107,36 @@ def _side_log(directory, trial_id):
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def _pbt(**kwargs):
+    settings = dict(
+        time_attr="training_iteration",
+        perturbation_interval=2,
+        hyperparam_mutations={"lr": PBT_LRS},
+        quantile_fraction=0.25,
+        seed=0,
+    )
+    return PopulationBasedTraining(**{**settings, **kwargs})
+
+
+def test_tuner_restore_needs_the_pbt_settings_it_ran_with(prefect_api, runner, tmp_path):
+    name = f"pbt-restore-{uuid.uuid4().hex[:6]}"
+    Tuner(
+        trainables.pbt_climb,
+        param_space={"lr": tune.grid_search(PBT_LRS[:2]), "steps": 4},
+        tune_config=TuneConfig(metric="score", mode="max", scheduler=_pbt()),
+        run_config=RunConfig(name=name, storage_path=str(tmp_path)),
+        task_runner=runner,
+    ).fit()
+    path = str(tmp_path / name)
+    decisions = (tmp_path / name / "decisions.json").read_bytes()
+    for scheduler in (None, _pbt(perturbation_interval=3), _pbt(seed=1)):
+        with pytest.raises(DecisionStateMismatchError):
+            Tuner.restore(path, trainables.pbt_climb, task_runner=runner, scheduler=scheduler).fit()
+        assert (tmp_path / name / "decisions.json").read_bytes() == decisions
+    again = Tuner.restore(path, trainables.pbt_climb, task_runner=runner, scheduler=_pbt()).fit()
+    assert again.num_terminated == 2 and not again.errors
+
+
 def test_pbt_on_dask_resumes_trials_from_other_trials_checkpoints(
     prefect_api, runner, tmp_path, dispatch
 ):
