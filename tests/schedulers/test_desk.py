@@ -104,3 +104,30 @@ def test_the_desk_drops_an_exploit_whose_donor_never_reported_a_checkpoint():
     again = make()
     again.from_state(with_checkpoint.to_state())
     assert again.state()["checkpointed"] == ["a"]
+
+
+def test_the_released_pbt_desk_format_still_loads():
+    """decisions.json at version 3 with PBT: one exploit committed (trial_03), one pending."""
+    import json
+
+    from prefect_tune.schedulers import PopulationBasedTraining
+    from tests.schedulers._streams import ASSETS
+
+    stored = json.loads((ASSETS / "decisions_pbt_v3.json").read_text())
+    pbt = PopulationBasedTraining(
+        metric="loss",
+        mode="min",
+        time_attr="training_iteration",
+        perturbation_interval=3,
+        hyperparam_mutations={"lr": [0.001, 0.01, 0.1]},
+        seed=14,
+    )
+    desk = DecisionDesk(scheduler=pbt)
+    desk.from_state(stored)
+    assert [e["source_trial_id"] for e in pbt.lineage("trial_03")] == ["trial_00"]
+    pending = pbt.pending_exploit("trial_01")
+    assert (pending.source_trial_id, pending.time, pending.config) == ("trial_00", 9.0, {"lr": 0.1})
+    row = {"training_iteration": 10, "loss": 0.99, "checkpoint_dir_name": None}
+    assert desk.on_result("trial_01", row) is Decision.PAUSE  # still pending: same answer
+    assert desk.judged("trial_03") == 6.0
+    assert pbt.exploit_committed("trial_01") == pending
