@@ -64,7 +64,10 @@ class TuneConfig:
             suggests ``num_samples`` trials (fewer if it says FINISHED), each stored before
             its trial starts; its state is stored with the experiment.
         scheduler: A trial scheduler from ``prefect_tune.schedulers``: ``FIFOScheduler``
-            (the default), ``ASHAScheduler`` or ``MedianStoppingRule``; PBT is refused.
+            (the default), ``ASHAScheduler``, ``MedianStoppingRule``,
+            ``PopulationBasedTraining`` or a ``TrialScheduler`` subclass.
+        reuse_actors: Accepted for Ray Tune's examples and ignored: there are no actors to
+            reuse (each task run of a trial calls its trainable afresh, a PBT exploit too).
 
     Examples:
         >>> TuneConfig(metric="loss", mode="min", num_samples=8, max_concurrent_trials=2, seed=0)
@@ -79,6 +82,7 @@ class TuneConfig:
     time_budget_s: float | None = None
     search_alg: Any = field(default=None, repr=False)
     scheduler: Any = field(default=None, repr=False)
+    reuse_actors: bool | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         name = type(self).__name__
@@ -209,8 +213,8 @@ class RunConfig:
             asks its API for a concurrency slot for every task run that has a tag; ``()``
             leaves the tags out and saves that call (a few ms per trial, and stalls while a
             SQLite-backed Prefect server is busy).
-        verbose: What ``fit()`` shows on the console, as Ray Tune's levels: ``0`` silent,
-            ``1`` a progress line every 30 s, ``2`` (default) every 5 s, ``3`` also Dask's
+        verbose: What ``fit()`` shows on the console, as Ray Tune's levels: ``0`` (or
+            ``False``) silent, ``1`` (or ``True``) a progress line every 30 s, ``2`` (default) every 5 s, ``3`` also Dask's
             INFO logs. Below 3 Dask logs at WARNING (ERROR at 0), unless
             ``DASK_LOGGING__DISTRIBUTED`` is set. Prefect's own lines follow its settings.
         artifacts: Whether the experiment's flow run gets its progress, leaderboard and summary
@@ -238,6 +242,8 @@ class RunConfig:
     artifacts: bool = True
 
     def __post_init__(self) -> None:
+        if isinstance(self.verbose, bool):  # Ray Tune's examples pass verbose=False
+            object.__setattr__(self, "verbose", int(self.verbose))
         if type(self.verbose) is not int or self.verbose not in (0, 1, 2, 3):
             raise _fail("RunConfig", "verbose", f"must be 0, 1, 2 or 3, got {self.verbose!r}.")
         if self.trial_tags is not None:
@@ -325,27 +331,15 @@ class RunConfig:
 
 def _check_decision_cores(search_alg: Any, scheduler: Any) -> None:
     # Imported here: the schedulers and searchers import the engine, which imports this module.
-    from prefect_tune.schedulers import (
-        ASHAScheduler,
-        FIFOScheduler,
-        MedianStoppingRule,
-        TrialScheduler,
-    )
+    from prefect_tune.schedulers import TrialScheduler
     from prefect_tune.search import Searcher
 
-    later = (
-        "is a decision core only in this version: wiring it into the Tuner lands next. Until "
-        "then it is refused rather than ignored; remove it to run"
-    )
-    if scheduler is not None:
-        if not isinstance(scheduler, TrialScheduler):
-            raise _fail(
-                "TuneConfig",
-                "scheduler",
-                f"must be a scheduler from prefect_tune.schedulers, got {type(scheduler).__name__}.",
-            )
-        if not isinstance(scheduler, (FIFOScheduler, ASHAScheduler, MedianStoppingRule)):
-            raise _fail("TuneConfig", "scheduler", f"{type(scheduler).__name__} {later} FIFO.")
+    if scheduler is not None and not isinstance(scheduler, TrialScheduler):
+        raise _fail(
+            "TuneConfig",
+            "scheduler",
+            f"must be a scheduler from prefect_tune.schedulers, got {type(scheduler).__name__}.",
+        )
     if search_alg is not None and not isinstance(search_alg, Searcher):
         raise _fail(
             "TuneConfig",
@@ -357,6 +351,7 @@ def _check_decision_cores(search_alg: Any, scheduler: Any) -> None:
 
 
 def _is_stop_dict(stop: Any) -> bool:
+    # A bool threshold stops at a reported True (Ray Tune's stop={"done": True}).
     return isinstance(stop, Mapping) and all(
-        isinstance(k, str) and _is_number(v) for k, v in stop.items()
+        isinstance(k, str) and (_is_number(v) or isinstance(v, bool)) for k, v in stop.items()
     )

@@ -42,6 +42,8 @@ __all__ = [
     "SessionError",
     "PrefectAPIUnreachableError",
     "CrashLoopError",
+    "PrefectTuneWarning",
+    "NoCheckpointToExploitWarning",
 ]
 
 
@@ -218,3 +220,12 @@ class PrefectAPIUnreachableError(PrefectTuneError, ConnectionError):
 class CrashLoopError(PrefectTuneError, RuntimeError):
     """The experiment's last runs of this deployment all crashed (their process died): the
     automatic resume after a crash stops here, so a person can look before it runs again."""
+
+
+class PrefectTuneWarning(UserWarning):
+    """Base of prefect-tune's warnings: something allowed that is likely a mistake."""
+
+
+class NoCheckpointToExploitWarning(PrefectTuneWarning):
+    """PopulationBasedTraining could not exploit: the donor trial has no committed checkpoint
+    (its trainable never passed ``checkpoint=`` to ``report()``)."""

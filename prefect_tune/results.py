@@ -35,6 +35,7 @@ from prefect_tune.exceptions import ConfigError, MetricNotReportedError, TrialEr
 from prefect_tune.state import (
     ExperimentDefinition,
     ExperimentStore,
+    ExploitRecord,
     PackedSummary,
     TrialState,
     TrialStatus,
@@ -143,6 +144,11 @@ class Result:
         filesystem: The fsspec filesystem that holds ``path``.
         error: None, or a :class:`~prefect_tune.exceptions.TrialError` whose message is the
             stored error and whose ``traceback`` attribute holds the stored traceback.
+        exploits: Population based training's exploits of the trial, oldest first: each time
+            it resumed from a copy of another trial's checkpoint with a new config
+            (:class:`~prefect_tune.state.ExploitRecord`: donor trial and checkpoint, the
+            checkpoint copied into this trial, old and new config, at which ``time_attr``).
+            ``config`` is the config after the last of them.
 
     Examples:
         >>> best = result_grid.get_best_result(metric="loss", mode="min")  # doctest: +SKIP
@@ -243,6 +249,10 @@ class Result:
             message = summary.error or f"Trial {summary.trial_id} errored."
             self._error = _StoredTrialError(message, self._store, summary.dir_name)
         return self._error
+
+    @property
+    def exploits(self) -> list[ExploitRecord]:
+        return list(self._trial.exploits)
 
     @property
     def metrics_dataframe(self) -> pd.DataFrame:

@@ -162,6 +162,11 @@ class Tuner:
         trainable = _function_trainable(trainable, run_config)
         self.trainable = trainable
         self.param_space = dict(param_space or {})
+        check_space = getattr(tune_config.scheduler, "check_param_space", None)
+        if check_space is not None and (
+            self.param_space or not is_custom_search(tune_config.search_alg)
+        ):
+            check_space(self.param_space)
         self.tune_config = tune_config
         self.run_config = run_config
         self.task_runner = task_runner
@@ -222,6 +227,8 @@ class Tuner:
     def _tune_config_record(self) -> dict[str, Any]:
         record: dict[str, Any] = {}
         for f in dataclasses.fields(self.tune_config):
+            if f.name == "reuse_actors":
+                continue  # ignored: not part of what defines the experiment
             value = getattr(self.tune_config, f.name)
             if f.name in ("search_alg", "scheduler"):
                 value = None if value is None else type(value).__name__

@@ -1,11 +1,12 @@
-"""ASHA, the median rule, Stoppers and search algorithms are accepted (wired into the Tuner);
-PBT is refused until wired, not silently ignored."""
+"""ASHA, the median rule, PBT, Stoppers and search algorithms are accepted (wired into the
+Tuner); PBT's mutations must name keys of the param_space."""
 
 from __future__ import annotations
 
 import pytest
 
-from prefect_tune import ConfigError, RunConfig, TuneConfig
+import prefect_tune as tune
+from prefect_tune import ConfigError, RunConfig, TuneConfig, Tuner
 from prefect_tune.schedulers import (
     ASHAScheduler,
     FIFOScheduler,
@@ -29,10 +30,39 @@ def test_wired_schedulers_are_accepted(scheduler):
     assert TuneConfig(scheduler=scheduler).scheduler is scheduler
 
 
-def test_a_scheduler_not_wired_yet_is_refused_by_name():
+def test_pbt_is_accepted():
     pbt = PopulationBasedTraining(hyperparam_mutations={"lr": [0.1, 0.2]})
-    with pytest.raises(ConfigError, match=r"TuneConfig\(scheduler=...\): .*decision core only"):
-        TuneConfig(scheduler=pbt)
+    assert TuneConfig(scheduler=pbt).scheduler is pbt
+
+
+def _pbt(mutations):
+    return PopulationBasedTraining(
+        metric="loss", mode="min", time_attr="training_iteration", hyperparam_mutations=mutations
+    )
+
+
+@pytest.mark.parametrize(
+    ("mutations", "named"),
+    [
+        ({"learning_rate": [0.1, 0.2]}, "'learning_rate'"),
+        ({"opt": {"momentum": [0.9, 0.99]}}, "'opt.momentum'"),
+    ],
+)
+def test_pbt_mutating_a_key_not_in_the_param_space_is_refused_by_name(mutations, named):
+    with pytest.raises(ConfigError, match=rf"hyperparam_mutations=\.\.\.\): mutates {named}"):
+        Tuner(
+            lambda config: None,
+            param_space={"lr": 0.1, "opt": {"beta": 0.5}},
+            tune_config=TuneConfig(scheduler=_pbt(mutations)),
+        )
+
+
+def test_pbt_mutating_keys_of_the_param_space_is_accepted():
+    Tuner(
+        lambda config: None,
+        param_space={"lr": tune.grid_search([0.1, 0.2]), "opt": {"beta": 0.5}},
+        tune_config=TuneConfig(scheduler=_pbt({"lr": [0.1, 0.2], "opt": {"beta": [0.5, 0.9]}})),
+    )
 
 
 @pytest.mark.parametrize(

@@ -39,8 +39,9 @@ def run_port(name: str, home: Path, prefect_api: str) -> str:
     return done.stdout
 
 
-def test_the_imports_are_all_that_changed():
-    text = (PORTS / "async_hyperband_example.py").read_text()
+@pytest.mark.parametrize("name", ["async_hyperband_example.py", "pbt_function.py"])
+def test_the_imports_are_all_that_changed(name):
+    text = (PORTS / name).read_text()
     assert "ray" not in text.split('"""', 2)[2].replace("# was: from ray", "")
 
 
@@ -59,3 +60,28 @@ def test_async_hyperband_example(tmp_path, prefect_api):
     )
     assert stored["data"]["scheduler"]["kind"] == "AsyncHyperBandScheduler"
     assert stored["data"]["stopped"] == []
+
+
+def test_pbt_function(tmp_path, prefect_api):
+    out = run_port("pbt_function.py", tmp_path, prefect_api)
+    assert "Best hyperparameters found were: " in out
+    path = tmp_path / "prefect_tune_results" / "pbt_function_api_example"
+    grid = ResultGrid.from_path(str(path))
+    assert len(grid) == 8 and grid.num_terminated == 8 and not grid.errors
+    best = grid.get_best_result()
+    assert repr(best.config["lr"]) in out.split("Best hyperparameters found were: ", 1)[1]
+    stored = json.loads((path / "decisions.json").read_text())
+    assert stored["data"]["scheduler"]["kind"] == "PopulationBasedTraining"
+    assert stored["data"]["scheduler"]["data"]["pending"] == {}
+    for result in grid:
+        # --smoke-test: stop={"training_iteration": 10}; checkpoints at 5 and 10 (the step
+        # the trainable carries, checkpoint_interval=5), or a donor's after an exploit.
+        iterations = list(result.metrics_dataframe["training_iteration"])
+        assert iterations == sorted(set(iterations)) and iterations[-1] <= 10, iterations
+        assert result.checkpoint is not None
+        for record in result.exploits:  # when trials overlap enough for PBT to exploit
+            assert record.donor_trial_id != result.trial_id
+            assert (
+                0.0001 <= record.new_config["lr"] <= 0.02 or record.operations["lr"] != "resample"
+            )
+            assert record.new_config["some_other_factor"] in (1, 2)

@@ -31,8 +31,8 @@ def test_a_subclass_runs_the_suite_on_each_of_its_backends(pytester: pytest.Pyte
 
     result = pytester.runpytest_inprocess("-v", "-rs", "-p", "no:cacheprovider")
 
-    # 13 tests on each backend; the multi-process one needs a shared backend: neither has it.
-    result.assert_outcomes(passed=26, skipped=1)
+    # 14 tests on each backend; the multi-process one needs a shared backend: neither has it.
+    result.assert_outcomes(passed=28, skipped=1)
     result.stdout.fnmatch_lines(
         [
             "*::TestInMemory::test_bytes_round_trip_and_overwrite[[]mem-a[]] PASSED*",

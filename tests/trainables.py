@@ -297,3 +297,58 @@ def print_is_builtin() -> bool:
     import builtins
 
     return getattr(builtins.print, "__module__", None) == "builtins"
+
+
+def pbt_gain(lr: float) -> float:
+    """What one step of :func:`pbt_climb` adds to its score: 1 at lr = 0.1, less away from it."""
+    import math
+
+    return max(0.0, 1.0 - abs(math.log10(lr) - math.log10(0.1)) / 3.0)
+
+
+def _pbt_log(config: dict[str, Any], line: dict[str, Any]) -> None:
+    side_log = config.get("side_log")
+    if side_log:
+        os.makedirs(side_log, exist_ok=True)
+        path = os.path.join(side_log, f"{line['trial_id']}.jsonl")
+        with open(path, "a") as handle:  # one write per line: a kill cannot tear it
+            handle.write(json.dumps({**line, "pid": os.getpid(), "time": time.time()}) + "\n")
+
+
+def pbt_climb(config: dict[str, Any]) -> None:
+    """A population based training objective: ``score`` grows by :func:`pbt_gain` of ``lr``
+    each step, carried from checkpoint to checkpoint with the trial that wrote it (``owner``)
+    and the ``lr`` of every step so far (``lrs``).
+
+    Config: ``lr``, ``steps`` (default 12), ``sleep_s`` (default 0), ``checkpoint`` (default
+    True; False reports none), ``side_log`` (a local directory: each task run logs ``begin``
+    or ``restore`` with the checkpoint's owner and step, then ``run`` for each step).
+    """
+    ctx = tune.get_context()
+    trial_id = ctx.get_trial_id()
+    lr = float(config["lr"])
+    start, score, owner, lrs = 0, 0.0, trial_id, []
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d, open(os.path.join(d, "state.json")) as fh:
+            state = json.load(fh)
+        start, score, owner, lrs = state["step"], state["score"], state["owner"], state["lrs"]
+    base = {"trial_id": trial_id, "attempt": ctx.attempt, "lr": lr}
+    if checkpoint is None:
+        _pbt_log(config, {**base, "event": "begin", "step": 0})
+    else:
+        _pbt_log(config, {**base, "event": "restore", "step": start, "owner": owner})
+    for step in range(start + 1, int(config.get("steps", 12)) + 1):
+        _pbt_log(config, {**base, "event": "run", "step": step})
+        time.sleep(float(config.get("sleep_s", 0.0)))
+        score += pbt_gain(lr)
+        lrs = [*lrs, lr]
+        metrics = {"score": score, "lr": lr, "step": step, "owner": owner}
+        if not config.get("checkpoint", True):
+            tune.report(metrics)
+            continue
+        with tempfile.TemporaryDirectory() as d:
+            with open(os.path.join(d, "state.json"), "w") as fh:
+                json.dump({"step": step, "score": score, "owner": trial_id, "lrs": lrs}, fh)
+            tune.report(metrics, checkpoint=Checkpoint.from_directory(d))
+        owner = trial_id

@@ -13,8 +13,14 @@ from typing import Any
 
 from prefect_tune.config import CheckpointConfig, FailureConfig
 from prefect_tune.engine._control import Decision
-from prefect_tune.engine._decisions import DECISIONS_FILE, DecisionDesk, DeskControl
+from prefect_tune.engine._decisions import (
+    DECISIONS_FILE,
+    DecisionDesk,
+    DeskControl,
+    warn_no_checkpoint,
+)
 from prefect_tune.engine._executor import ThreadTrialExecutor, TrialExecutor
+from prefect_tune.engine._exploits import already_made, make_exploit
 from prefect_tune.engine._progress import ExperimentObserver, ProgressTracker
 from prefect_tune.engine._search import BasicVariantGenerator
 from prefect_tune.engine._suggestions import (
@@ -267,6 +273,22 @@ class TuneController:
             )
         self.decisions.load()
         self._catch_up_decisions()
+        if self.decisions.hears_trial_ends:
+            self._tell_ended()
+
+    def _tell_ended(self) -> None:
+        """Tells the restored scheduler of the trials that ended (the stored trials are the
+        truth; telling one twice changes nothing), in index order; queued trials are not over."""
+        assert self.decisions is not None
+        queued = {index for index, _ in self._queue}
+        for index, packed in sorted(self._packed.items()):
+            if index in queued or not packed.status.is_finished():
+                continue
+            summary = packed.unpack()
+            self.decisions.on_trial_end(
+                summary.trial_id, summary.last_result, error=packed.status is TrialStatus.ERROR
+            )
+        self.decisions.commit()
 
     def _catch_up_decisions(self) -> None:
         """Judges the stored results that the stored decisions have not judged yet: those a
@@ -426,6 +448,10 @@ class TuneController:
             )
 
     def _tell_complete(self, trial: TrialState) -> None:
+        if self.decisions is not None and trial.status.is_finished():
+            self.decisions.on_trial_end(
+                trial.trial_id, trial.last_result, error=trial.status is TrialStatus.ERROR
+            )
         if self.search is not None and trial.status.is_finished():
             self.search.on_trial_complete(
                 trial.trial_id, trial.last_result, error=trial.status is TrialStatus.ERROR
@@ -647,6 +673,8 @@ class TuneController:
                 self._tell_complete(trial)
                 self._dirty = True
                 return True
+            trial = self._exploit(trial)
+            self._live[trial.index] = trial
             self.decisions.on_trial_add(trial.trial_id, trial.config)
         request = TrialRequest(
             experiment=self.store.storage.spec,
@@ -670,6 +698,69 @@ class TuneController:
         self._running[handle] = trial.index
         self._dirty = True
         return True
+
+    def _exploit(self, trial: TrialState) -> TrialState:
+        """Makes the trial's pending PBT exploit, if any, before its next task run: its stored
+        state then resumes from a copy of the donor's checkpoint with the explored config
+        (see ``engine/_exploits.py``: copy, then commit, then tell the scheduler)."""
+        assert self.decisions is not None
+        exploit = self.decisions.pending_exploit(trial.trial_id)
+        if exploit is None:
+            return trial
+        stored = self.store.read_trial(trial.dir_name)
+        if stored is None:  # it never wrote a state: there is no history to replace
+            self.decisions.exploit_skipped(trial.trial_id)
+            return trial
+        stored = stored.model_copy(
+            update={
+                "status": trial.status,
+                "num_failures": max(stored.num_failures, trial.num_failures),
+            }
+        )
+        made_before = already_made(stored, exploit)
+        if made_before is not None:  # committed by a driver killed before it told the desk
+            self.decisions.exploit_committed(trial.trial_id, float(made_before.donor_iteration))
+            return stored
+        made = make_exploit(
+            self.store,
+            stored,
+            lambda: self._stored_trial(exploit.source_trial_id),
+            exploit,
+            self.decisions.desk.scheduler.time_attr,
+            self.checkpoint_config,
+        )
+        if isinstance(made, str):
+            warn_no_checkpoint(made)
+            self.decisions.exploit_skipped(trial.trial_id)
+            return stored
+        if made.dropped:
+            try:
+                self.store.delete_checkpoints(made.trial.dir_name, made.dropped)
+            except Exception as exc:  # no longer listed: the trial's next attempt removes them
+                logger.warning(
+                    "Could not delete dropped checkpoints of %s: %s", trial.trial_id, exc
+                )
+        self.decisions.exploit_committed(trial.trial_id, float(made.record.donor_iteration))
+        logger.info(
+            "Trial %s exploits trial %s: resumes from its checkpoint %s (iteration %d) with %s.",
+            trial.trial_id,
+            made.record.donor_trial_id,
+            made.record.donor_checkpoint,
+            made.record.donor_iteration,
+            trial_summary(made.trial.config),
+        )
+        return made.trial
+
+    def _stored_trial(self, trial_id: str) -> TrialState | None:
+        """The stored state of the experiment's trial ``trial_id`` (None: unknown or none)."""
+        prefix = f"{self.definition.experiment_id}_"
+        number = trial_id[len(prefix) :] if trial_id.startswith(prefix) else ""
+        if not number.isdigit() or self._trial_id(int(number)) != trial_id:
+            return None
+        index = int(number)
+        if index not in self._live and index not in self._packed:
+            return None
+        return self.store.read_trial(self._row(index).unpack().dir_name)
 
     def _on_done(self, handle: Any, result: TrialOutcome | BaseException) -> None:
         index = self._running.pop(handle)

@@ -4,8 +4,11 @@ Status: ``TuneConfig(scheduler=ASHAScheduler | MedianStoppingRule)`` and
 ``RunConfig(stop=Stopper)`` are wired: over Dask by the channel in ``_channel.py``
 (``DaskDeskChannel`` on the driver, ``RemoteDeskControl`` in the trial), with trials in the
 driver's process by :class:`DeskControl` directly, and resume exactly after a driver is
-killed ("Exact resume" below). PBT (PAUSE and exploit) is not wired here (refused with a
-ConfigError). A search algorithm with an ``on_trial_result`` hears each row through the desk
+killed ("Exact resume" below). So is ``PopulationBasedTraining``: its PAUSE leaves like a STOP
+(stored first), the exploit it decided stays pending in the stored state until the driver has
+made it between the trial's two task runs (``_exploits.py``: the donor's checkpoint copied into
+the trial, then committed to its ``trial.json``, then ``exploit_committed``), and the desk drops
+an exploit whose donor never reported a checkpoint, with a warning. A search algorithm with an ``on_trial_result`` hears each row through the desk
 (``DeskControl(listener=...)``), after the desk has judged it and stored what must be stored;
 its suggestions and state are not the desk's (``_suggestions.py``).
 
@@ -92,6 +95,14 @@ the same stored experiment always resumes to the same decisions), up to each unf
 trial's latest checkpoint (the rows after it are reported again by the re-run, and judged
 then), and the state is stored. A trial whose stored decision is STOP is not run again.
 
+PBT's exploits add one more step after the decision: the exploit is stored as pending with
+the PAUSE, made by the driver before the trial's next task run (copy, then commit to
+``trial.json``) and only then marked committed in ``decisions.json``. A kill before the commit
+leaves it pending: it is made once after the restore, the same (its draws are seeded);
+a kill after it is recognised by the trial's ``ExploitRecord`` (same donor, same times) and
+the exploit is not made again (``tests/crash/test_crash_pbt.py``). PBT also hears of trials
+that ended (``hears_trial_ends``), told again from the stored trials on restore.
+
 So, after any kill: a trial stopped by ASHA stays stopped, at the same iteration; a rung
 record is never undone, changed or made twice (each rung as stored at a kill is a prefix of
 the rung at the end, in the same order); a trial ASHA let continue at a rung is not judged at
@@ -139,12 +150,13 @@ import json
 import logging
 import math
 import threading
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from prefect_tune.engine._control import Decision, DecisionPoints
 from prefect_tune.engine._decision_state import Stateful, result_number
-from prefect_tune.exceptions import DecisionStateMismatchError
+from prefect_tune.exceptions import DecisionStateMismatchError, NoCheckpointToExploitWarning
 
 __all__ = ["DECISIONS_FILE", "DecisionDesk", "DeskControl"]
 
@@ -175,11 +187,14 @@ class DecisionDesk(Stateful):
     """
 
     #: 2: ``judged`` and ``stopped_at`` (a version-1 document loads with both empty).
-    STATE_VERSION = 2
+    #: 3: ``checkpointed``, the trials that reported a checkpoint (PBT's donors need one).
+    STATE_VERSION = 3
 
     def __init__(self, scheduler: Any = None, stopper: Any = None) -> None:
         self.scheduler = scheduler
         self.stopper = stopper
+        self._checkpointed: set[str] = set()
+        self._warned_no_checkpoint = False
         self._stopped: set[str] = set()
         self._stop_all = False
         self._judged: dict[str, float] = {}
@@ -206,6 +221,8 @@ class DecisionDesk(Stateful):
         iteration = result_number(row, "training_iteration")
         if iteration is not None:
             self._judged[trial_id] = max(iteration, self._judged.get(trial_id, -math.inf))
+        if row.get("checkpoint_dir_name"):
+            self._checkpointed.add(trial_id)
         decision = Decision.CONTINUE
         if self.stopper is not None:
             if self.stopper(trial_id, row):
@@ -216,6 +233,8 @@ class DecisionDesk(Stateful):
         if self.scheduler is not None:
             # The scheduler sees every row, even one a stopper ends: its rungs stay complete.
             answer = self.scheduler.on_trial_result(trial_id, row)
+            if answer is Decision.PAUSE:
+                answer = self._exploitable(trial_id)
             if _RANK.get(answer, 0) > _RANK[decision]:
                 decision = answer
         if decision is Decision.STOP:
@@ -225,6 +244,37 @@ class DecisionDesk(Stateful):
             if self.scheduler is not None:
                 self.scheduler.on_trial_remove(trial_id)
         return decision
+
+    def _exploitable(self, trial_id: str) -> Decision:
+        """PAUSE, unless it is for an exploit whose donor never reported a checkpoint: that
+        exploit is dropped (the trial goes on as it is) and the user told once."""
+        pending = getattr(self.scheduler, "pending_exploit", None)
+        exploit = pending(trial_id) if pending is not None else None
+        if exploit is None or exploit.source_trial_id in self._checkpointed:
+            return Decision.PAUSE
+        self.scheduler.exploit_skipped(trial_id)
+        if not self._warned_no_checkpoint:
+            self._warned_no_checkpoint = True
+            warn_no_checkpoint(
+                f"trial {trial_id} would exploit trial {exploit.source_trial_id}, which has "
+                "reported no checkpoint"
+            )
+        return Decision.CONTINUE
+
+    def on_trial_end(self, trial_id: str, result: Mapping[str, Any] | None, error: bool) -> None:
+        """A trial ended (TERMINATED, or ERROR for good): told to a scheduler that hears of
+        trial ends (``hears_trial_ends``: PBT takes it out of the population)."""
+        if self.scheduler is None or not getattr(self.scheduler, "hears_trial_ends", False):
+            return
+        if error:
+            self.scheduler.on_trial_error(trial_id)
+        else:
+            self.scheduler.on_trial_complete(trial_id, result)
+
+    def set_judged(self, trial_id: str, iteration: float) -> None:
+        """The trial's history now ends at ``iteration`` (it resumes from another trial's
+        checkpoint): a restore catches up on its rows after that one."""
+        self._judged[trial_id] = iteration
 
     @property
     def stopped_all(self) -> bool:
@@ -254,6 +304,7 @@ class DecisionDesk(Stateful):
             "stop_all": self._stop_all,
             "judged": dict(sorted(self._judged.items())),
             "stopped_at": dict(sorted(self._stopped_at.items())),
+            "checkpointed": sorted(self._checkpointed),
             "scheduler": None if self.scheduler is None else self.scheduler.to_state(),
             "stopper": None if self.stopper is None else self.stopper.to_state(),
         }
@@ -266,6 +317,10 @@ class DecisionDesk(Stateful):
         self._stop_all = bool(data["stop_all"])
         self._judged = _iterations(data.get("judged", {}), "judged")
         self._stopped_at = _iterations(data.get("stopped_at", {}), "stopped_at")
+        checkpointed = data.get("checkpointed", [])
+        if not isinstance(checkpointed, list):
+            raise TypeError(f"'checkpointed' must be a list, got {type(checkpointed).__name__}")
+        self._checkpointed = {str(t) for t in checkpointed}
         if self.scheduler is not None:
             self.scheduler.from_state(data["scheduler"])
         if self.stopper is not None:
@@ -280,6 +335,18 @@ def _iterations(value: Any, key: str) -> dict[str, float]:
     if not all(math.isfinite(v) for v in out.values()):
         raise ValueError(f"{key!r} holds a value that is not a finite number")
     return out
+
+
+def warn_no_checkpoint(what: str) -> None:
+    """Tells the user that PBT cannot exploit: the trainable must report checkpoints."""
+    message = (
+        f"PopulationBasedTraining: {what}; the exploit is skipped and the trial goes on with "
+        "its own config. PBT copies a top trial's checkpoint into a bottom one: report one "
+        "(prefect_tune.report(metrics, checkpoint=Checkpoint.from_directory(path))) at least "
+        "every perturbation_interval, and resume from prefect_tune.get_checkpoint()."
+    )
+    logger.warning(message)
+    warnings.warn(message, NoCheckpointToExploitWarning, stacklevel=2)
 
 
 #: Where the desk's state (its stopped trials, the scheduler's and the stopper's) is stored,
@@ -329,6 +396,35 @@ class DeskControl:
     def judged(self, trial_id: str) -> float:
         with self._lock:
             return self.desk.judged(trial_id)
+
+    def on_trial_end(self, trial_id: str, result: Mapping[str, Any] | None, error: bool) -> None:
+        with self._lock:
+            self.desk.on_trial_end(trial_id, result, error)
+            self._dirty = self._dirty or self.hears_trial_ends
+
+    @property
+    def hears_trial_ends(self) -> bool:
+        return bool(getattr(self.desk.scheduler, "hears_trial_ends", False))
+
+    def pending_exploit(self, trial_id: str) -> Any:
+        """The scheduler's exploit decided for the trial and not yet committed (PBT), if any."""
+        with self._lock:
+            pending = getattr(self.desk.scheduler, "pending_exploit", None)
+            return pending(trial_id) if pending is not None else None
+
+    def exploit_committed(self, trial_id: str, iteration: float) -> None:
+        """The trial's stored state now has its exploit (the copied checkpoint, at the donor's
+        ``iteration``, and the new config): the scheduler's state says so, stored at once."""
+        with self._lock:
+            self.desk.scheduler.exploit_committed(trial_id)
+            self.desk.set_judged(trial_id, iteration)
+            self._write()
+
+    def exploit_skipped(self, trial_id: str) -> None:
+        """The trial's exploit cannot be made: dropped, stored at once."""
+        with self._lock:
+            self.desk.scheduler.exploit_skipped(trial_id)
+            self._write()
 
     def judge(self, trial_id: str, row: Mapping[str, Any], waits: bool) -> Decision:
         """Judges one row; ``waits``: its trial waits for this decision (a decision point)."""

@@ -273,7 +273,8 @@ class TrialSession:
                 time_since_restore=now - self.started,
                 iterations_since_restore=self.iterations_since_restore,
                 checkpoint_dir_name=None,
-                done=False,
+                # A trainable's own done=True is kept (Ray Tune's stop={"done": True}).
+                done=row.get("done") is True,
                 hostname=self.host,
                 pid=self.pid,
             )

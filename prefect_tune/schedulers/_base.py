@@ -47,6 +47,12 @@ class TrialScheduler(Stateful):
         <Decision.STOP: 'STOP'>
     """
 
+    #: Whether the driver calls :meth:`on_trial_complete` and :meth:`on_trial_error` when a
+    #: trial ends (PBT: the trial leaves the population). False keeps a scheduler's state a
+    #: function of the results alone, which is what ASHA's and the median rule's stored state
+    #: and its catch-up on restore assume.
+    hears_trial_ends: ClassVar[bool] = False
+
     CONTINUE: ClassVar[Decision] = Decision.CONTINUE
     PAUSE: ClassVar[Decision] = Decision.PAUSE
     STOP: ClassVar[Decision] = Decision.STOP

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from prefect_tune.engine._checks import fail, fraction, name, number, positive_number
-from prefect_tune.engine._control import Decision
+from prefect_tune.engine._control import Decision, DecisionPoints
 from prefect_tune.engine._decision_state import derived_rng, json_copy, result_number
 from prefect_tune.schedulers._base import TrialScheduler
 from prefect_tune.space import Domain
@@ -149,10 +149,38 @@ class PopulationBasedTraining(TrialScheduler):
         self._pending: dict[str, Exploit] = {}
         self._lineage: dict[str, list[dict[str, Any]]] = {}
 
+    #: The driver tells it of trials that ended: they leave the population.
+    hears_trial_ends = True
+
     @property
     def seed(self) -> int:
         """The seed of every random draw, stored with the scheduler's state."""
         return self._seed
+
+    @property
+    def time_attr(self) -> str:
+        """The result that measures progress."""
+        return self._time_attr
+
+    @property
+    def hyperparam_mutations(self) -> dict[str, Any]:
+        """The mutations as given (key -> values, domain, function or nested dict)."""
+        return dict(self._mutations)
+
+    def check_param_space(self, param_space: Mapping[str, Any]) -> None:
+        """Refuses mutations of keys the trials' configs do not have.
+
+        Raises:
+            ConfigError: A key of ``hyperparam_mutations`` (or of a nested dict of it) is not
+                in ``param_space``; the message names it.
+        """
+        _check_in_space(type(self).__name__, self._mutations, param_space, "")
+
+    def decision_points(self, trial_id: str) -> DecisionPoints:
+        """Every result from the first that can be ranked on (``perturbation_interval`` and
+        ``burn_in_period`` in): a ranking changes the population, and the trial must not run
+        past an exploit a crash could lose."""
+        return DecisionPoints(self._time_attr, every_from=max(self._burn_in, self._interval))
 
     def on_trial_add(self, trial_id: str, config: Mapping[str, Any]) -> None:
         self._require_metric()
@@ -227,15 +255,22 @@ class PopulationBasedTraining(TrialScheduler):
         self._lineage.setdefault(trial_id, []).append(asdict(exploit))
         return exploit
 
+    def exploit_skipped(self, trial_id: str) -> Exploit | None:
+        """The driver could not make the trial's exploit (its donor has no checkpoint left, or
+        the trial ended first): the trial keeps its own state and config. Returns the exploit
+        dropped, if one was pending."""
+        return self._pending.pop(trial_id, None)
+
     def lineage(self, trial_id: str) -> list[dict[str, Any]]:
         """The committed exploits of ``trial_id``, oldest first."""
         return copy.deepcopy(self._lineage.get(trial_id, []))
 
-    def on_trial_complete(self, trial_id: str, result: Mapping[str, Any] | None) -> None:
+    def on_trial_complete(self, trial_id: str, result: Mapping[str, Any] | None = None) -> None:
         if trial_id in self._trials:
             self._trials[trial_id]["done"] = True
+        self._pending.pop(trial_id, None)  # an ended trial resumes no more: nothing to exploit
 
-    on_trial_remove = on_trial_error = on_trial_complete  # type: ignore[assignment]
+    on_trial_remove = on_trial_error = on_trial_complete
 
     def _quantiles(self) -> tuple[list[str], list[str]]:
         ranked = sorted(
@@ -343,6 +378,28 @@ def explore(
             )
         new_config = explored
     return new_config, operations
+
+
+def _check_in_space(
+    cls: str, mutations: Mapping[str, Any], space: Mapping[str, Any], prefix: str
+) -> None:
+    for key, mutation in mutations.items():
+        path = f"{prefix}{key}"
+        if key not in space:
+            raise fail(
+                cls,
+                "hyperparam_mutations",
+                f"mutates {path!r}, which the Tuner's param_space does not have (its keys: "
+                f"{sorted(map(str, space))}). PBT explores the configs the trials run with: add "
+                f"{key!r} to param_space, or remove it from hyperparam_mutations.",
+            )
+        inner = space[key]
+        if (
+            isinstance(mutation, Mapping)
+            and isinstance(inner, Mapping)
+            and "grid_search" not in inner
+        ):
+            _check_in_space(cls, mutation, inner, f"{path}.")
 
 
 def _check_mutations(cls: str, mutations: Mapping[str, Any], where: str) -> None:

@@ -18,7 +18,8 @@ Versions (each older version is still read, upgraded by the migrations at the en
 
 An optional field with a default is added without a new version, as readers ignore fields they
 do not know: `AttemptRecord.warning` was added so, within version 3 of the trial's state, and
-`TrialState.best_metric` / `best_iteration` with `TrialSummary.best_metric`.
+`TrialState.best_metric` / `best_iteration` with `TrialSummary.best_metric`, and
+`TrialState.exploits` (`ExploitRecord`, population based training).
 """
 
 from __future__ import annotations
@@ -159,6 +160,38 @@ class CarriedResults(_Model):
     rows: list[dict[str, Any]] = Field(default_factory=list)
 
 
+_now = time.time  # ExploitRecord's field ``time`` hides the module in its class body
+
+
+class ExploitRecord(_Model):
+    """One exploit of population based training: the trial resumed from a copy of another
+    trial's committed checkpoint, with a new config.
+
+    The write of the trial's state that lists this record (with the copied checkpoint) commits
+    the exploit: a restore never makes it again.
+    """
+
+    donor_trial_id: str = Field(description="The trial whose checkpoint was copied.")
+    donor_checkpoint: StoredName = Field(
+        description="The donor's checkpoint directory (below the donor's trial directory)."
+    )
+    donor_iteration: int = Field(description="training_iteration of the donor's checkpoint.")
+    checkpoint: StoredName = Field(
+        description="The copy, a checkpoint directory of this trial: its next task run "
+        "resumes from it."
+    )
+    time_attr: str = Field(description="PopulationBasedTraining's time_attr.")
+    time: float = Field(description="time_attr of this trial's result that triggered it.")
+    donor_time: float = Field(description="time_attr of the donor's result that made it one.")
+    old_config: dict[str, Any] = Field(description="The trial's config before.")
+    new_config: dict[str, Any] = Field(description="The explored config it resumed with.")
+    operations: dict[str, Any] = Field(
+        default_factory=dict,
+        description="What exploring did to each mutated key ('* 1.2', 'resample'...).",
+    )
+    created_at: float = Field(default_factory=_now)
+
+
 class TrialState(_Model):
     """A trial's whole state. Its worker writes it at each start, checkpoint and end; the write
     that lists a checkpoint commits it."""
@@ -188,6 +221,11 @@ class TrialState(_Model):
     )
     best_iteration: int | None = Field(
         default=None, description="The training_iteration of the result that holds best_metric."
+    )
+    exploits: list[ExploitRecord] = Field(
+        default_factory=list,
+        description="Population based training: each time the trial resumed from another "
+        "trial's checkpoint with a new config, oldest first (its lineage).",
     )
 
     @property

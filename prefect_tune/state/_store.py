@@ -38,6 +38,7 @@ from prefect_tune.exceptions import (
     CheckpointError,
     DamagedStateError,
     ExperimentNotFoundError,
+    StorageNotFoundError,
 )
 from prefect_tune.state._models import (
     CheckpointRecord,
@@ -497,6 +498,45 @@ class ExperimentStore:
         self.storage.put_files(
             (os.path.join(local_dir, *rel.split("/")), f"{target}/{rel}") for rel in files
         )
+        return UploadedFiles(layout.checkpoint_name(index), files)
+
+    def copy_checkpoint(
+        self, source_dir_name: str, record: CheckpointRecord, dir_name: str, index: int
+    ) -> UploadedFiles | None:
+        """Copies another trial's committed checkpoint as this trial's checkpoint ``index``
+        (population based training's exploit), file by file, and checks the copy.
+
+        Like an upload, the copy is committed only when the trial's state lists it; a
+        directory of the same name that an interrupted copy left is deleted first.
+
+        Args:
+            source_dir_name: The donor trial's directory.
+            record: The donor's checkpoint, as its state lists it.
+            dir_name: The receiving trial's directory.
+            index: The checkpoint index the copy takes in the receiving trial.
+
+        Returns:
+            The copy's files, or None when a file of ``record`` is missing or of another size
+            (the donor's retention deleted the checkpoint meanwhile): the caller reads the
+            donor's state again.
+        """
+        if record.files is None:  # a version 1 checkpoint: its directory lists its files
+            files = self.storage.walk_files(
+                f"{layout.trial_dir(source_dir_name)}/{record.dir_name}"
+            )
+            files.pop(layout.MANIFEST_FILE, None)
+        else:
+            files = dict(record.files)
+        target = layout.checkpoint_dir(dir_name, index)
+        source = f"{layout.trial_dir(source_dir_name)}/{record.dir_name}"
+        self.storage.delete(target)
+        try:
+            self.storage.copy_files((f"{source}/{rel}", f"{target}/{rel}") for rel in files)
+        except StorageNotFoundError:
+            return None
+        copied = self.storage.walk_files(target)
+        if any(copied.get(rel) != size for rel, size in files.items()):
+            return None
         return UploadedFiles(layout.checkpoint_name(index), files)
 
     def delete_checkpoints(self, dir_name: str, records: Iterable[CheckpointRecord]) -> None:

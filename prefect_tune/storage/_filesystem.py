@@ -360,6 +360,31 @@ class Storage:
             for rel, local in pairs:
                 copy_file(self.full_path(rel), local)
 
+    def copy_files(self, pairs: Iterable[tuple[str, str]]) -> None:
+        """Copies files within the root: each pair is ``(relative source, relative target)``.
+
+        One copy per file, never a move (object stores have no atomic move of a directory):
+        the caller commits the copies afterwards by a write of its own. On object stores the
+        copy is the store's own (server side); locally it is `copy_file`.
+
+        Raises:
+            StorageNotFoundError: a source does not exist (the targets copied before it stay).
+            UnsafePathError: a path could lead outside the root.
+        """
+        pairs = list(pairs)
+        if not pairs:
+            return
+        self.check_inside(source for source, _ in pairs)
+        with translated(self.uri(pairs[0][0])):
+            for source, target in pairs:
+                src, dst = self.full_path(source), self.full_path(target)
+                if self.local_files:
+                    os.makedirs(posixpath.dirname(dst), exist_ok=True)
+                    copy_file(src, dst)
+                else:
+                    self.fs.cp_file(src, dst)
+                    self.fs.invalidate_cache(dst)
+
     def check_inside(self, rels: Iterable[str]) -> None:
         """Refuses files that a symbolic link leads outside the root, on a local or NFS path
         (elsewhere there are no links: this does nothing).

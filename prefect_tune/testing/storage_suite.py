@@ -329,6 +329,23 @@ class StorageSuite:
         storage.put_files([])
         storage.get_files([])
 
+    def test_copy_files_copies_within_the_root_and_a_missing_source_raises_not_found(
+        self, storage_spec: StorageSpec, tmp_path: Path
+    ) -> None:
+        storage = storage_spec.open()
+        files = _local_tree(tmp_path / "src")
+        storage.put_files((str(tmp_path / "src" / rel), f"a/ckpt/{rel}") for rel in files)
+
+        storage.copy_files((f"a/ckpt/{rel}", f"b/copy/{rel}") for rel in files)
+        assert storage.walk_files("b/copy") == {rel: len(data) for rel, data in files.items()}
+        for rel, data in files.items():
+            assert storage.read_bytes(f"b/copy/{rel}") == data, rel
+        assert storage.walk_files("a/ckpt") == storage.walk_files("b/copy")  # a copy, not a move
+
+        with pytest.raises(StorageNotFoundError):
+            storage.copy_files([("a/ckpt/no-such-file", "b/copy/no-such-file")])
+        storage.copy_files([])
+
     def test_a_5_mib_file_round_trip(self, storage_spec: StorageSpec, tmp_path: Path) -> None:
         storage = storage_spec.open()
         big = random_bytes(5 * 2**20 + 7)

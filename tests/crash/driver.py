@@ -48,11 +48,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--scheduler",
-        choices=["fifo", "asha", "median"],
+        choices=["fifo", "asha", "median", "pbt"],
         default="fifo",
         help="asha: ASHAScheduler(max_t=iterations, grace_period=1, reduction_factor=3); "
         "median: MedianStoppingRule(time_attr='training_iteration', grace_period=3, "
-        "min_samples_required=2)",
+        "min_samples_required=2); pbt: PopulationBasedTraining over the trainable "
+        "tests.trainables.pbt_climb, one lr of pbt_lrs(trials) per trial (see pbt_scheduler)",
+    )
+    parser.add_argument(
+        "--slow-exploit",
+        type=float,
+        default=0.0,
+        help="seconds the driver waits after copying a donor's checkpoint for a PBT exploit "
+        "(before it commits the copy), and again after that commit (before it tells the "
+        "scheduler): widens both windows so a test can kill the driver in them",
     )
     parser.add_argument(
         "--stop-iter", type=int, default=0, help="RunConfig(stop=MaximumIterationStopper(n))"
@@ -72,8 +81,33 @@ def xs(trials: int) -> list[float]:
     return [float(i) for i in range(trials)]
 
 
+def pbt_lrs(trials: int) -> list[float]:
+    """The learning rates of a PBT experiment: one per trial, 10 ** -3 upward by half decades."""
+    return [round(10 ** (-3 + k / 2), 6) for k in range(trials)]
+
+
+def pbt_scheduler(args: argparse.Namespace) -> Any:
+    from prefect_tune.schedulers import PopulationBasedTraining
+
+    return PopulationBasedTraining(
+        time_attr="training_iteration",  # metric and mode: TuneConfig's (score, max)
+        perturbation_interval=2,
+        hyperparam_mutations={"lr": pbt_lrs(args.trials)},
+        quantile_fraction=0.25,
+        seed=0,
+    )
+
+
 def param_space(args: argparse.Namespace) -> dict[str, Any]:
     import prefect_tune as tune
+
+    if args.scheduler == "pbt":
+        return {
+            "lr": tune.grid_search(pbt_lrs(args.trials)),
+            "steps": args.iterations,
+            "sleep_s": args.sleep,
+            "side_log": args.side_log,
+        }
 
     x: Any = (
         tune.grid_search(xs(args.trials))
@@ -101,6 +135,8 @@ def decision_cores(args: argparse.Namespace) -> tuple[Any, Any]:
     scheduler: Any = None
     if args.scheduler == "asha":
         scheduler = ASHAScheduler(max_t=args.iterations, grace_period=1, reduction_factor=3)
+    elif args.scheduler == "pbt":
+        scheduler = pbt_scheduler(args)
     elif args.scheduler == "median":
         scheduler = MedianStoppingRule(
             time_attr="training_iteration", grace_period=3, min_samples_required=2
@@ -122,8 +158,8 @@ def summary(results: Any, started: float) -> dict[str, Any]:
         "trials": {
             r.trial_id: {
                 "status": r.status.value,
-                "x": r.config["x"],
-                "metrics": {k: r.metrics.get(k) for k in ("loss", "score", "step")},
+                "x": r.config.get("x"),
+                "metrics": {k: r.metrics.get(k) for k in ("loss", "score", "step", "lr")},
                 "training_iteration": r.metrics.get("training_iteration"),
             }
             for r in results
@@ -163,13 +199,37 @@ def main(argv: list[str] | None = None) -> int:
             return acquire(self)
 
         LeaseHolder.acquire = delayed_acquire  # type: ignore[method-assign]
+    if args.slow_exploit:
+        from prefect_tune.engine import _controller
+        from prefect_tune.state import ExperimentStore
+
+        copy, make = ExperimentStore.copy_checkpoint, _controller.make_exploit
+
+        def slow_copy(self: ExperimentStore, *a: Any, **kw: Any) -> Any:
+            copied = copy(self, *a, **kw)
+            time.sleep(args.slow_exploit)
+            return copied
+
+        def slow_make(*a: Any, **kw: Any) -> Any:
+            made = make(*a, **kw)
+            time.sleep(args.slow_exploit)
+            return made
+
+        ExperimentStore.copy_checkpoint = slow_copy  # type: ignore[method-assign]
+        _controller.make_exploit = slow_make  # type: ignore[assignment]
     scheduler, stopper = decision_cores(args)
+    trainable: Any = crash_trainable
+    metric, mode = "loss", "min"
+    if args.scheduler == "pbt":
+        from tests.trainables import pbt_climb
+
+        trainable, metric, mode = pbt_climb, "score", "max"
     tuner = Tuner(
-        crash_trainable,
+        trainable,
         param_space=param_space(args),
         tune_config=TuneConfig(
-            metric="loss",
-            mode="min",
+            metric=metric,
+            mode=mode,
             seed=0,
             num_samples=num_samples,
             search_alg=search_alg,

@@ -80,13 +80,20 @@ def test_verbose_0_shows_no_progress_lines(tmp_path):
     assert not DASK_INFO.search(output)
 
 
-@pytest.mark.parametrize("verbose", [4, -1, True, "2", 2.0])
+@pytest.mark.parametrize("verbose", [4, -1, "2", 2.0])
 def test_a_verbose_level_other_than_0_to_3_is_refused(verbose):
     from prefect_tune import RunConfig
     from prefect_tune.exceptions import ConfigError
 
     with pytest.raises(ConfigError, match="verbose"):
         RunConfig(verbose=verbose)
+
+
+def test_verbose_false_and_true_are_levels_0_and_1_as_in_ray_tunes_examples():
+    from prefect_tune import RunConfig
+
+    assert RunConfig(verbose=False).verbose == 0
+    assert RunConfig(verbose=True).verbose == 1
 
 
 def test_the_dask_log_level_follows_verbose_unless_the_user_set_it(monkeypatch):

@@ -235,7 +235,21 @@ def test_decisions_stored_by_the_previous_version_still_load(tmp_path):
     path.write_text(json.dumps(document))
     store, again = run(url, scheduler=asha())
     assert iterations(store, again) == iterations(store, first)
-    assert _desk(tmp_path)["schema_version"] == 2
+    assert _desk(tmp_path)["schema_version"] == 3
+
+
+def test_decisions_stored_at_version_2_still_load(tmp_path):
+    """Version 2 of the desk's state had no table of the trials that reported a checkpoint."""
+    url = str(tmp_path / "exp")
+    store, first = run(url, scheduler=asha())
+    path = tmp_path / "exp" / DECISIONS_FILE
+    document = json.loads(path.read_text())
+    document["schema_version"] = 2
+    del document["data"]["checkpointed"]
+    path.write_text(json.dumps(document))
+    store, again = run(url, scheduler=asha())
+    assert iterations(store, again) == iterations(store, first)
+    assert _desk(tmp_path)["schema_version"] == 3
 
 
 def test_rows_travel_packed_and_big_ints_fall_back_to_json():

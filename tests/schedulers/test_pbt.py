@@ -212,3 +212,50 @@ def test_a_restore_with_other_mutations_is_refused():
 def test_constructor_arguments_are_checked_by_name(kwargs, field):
     with pytest.raises(ConfigError, match=rf"PopulationBasedTraining\({field}=\.\.\.\)"):
         _pbt(**kwargs)
+
+
+def _pending_d():
+    """A population where d has an exploit of a pending (as in the test above)."""
+    pbt = _pbt(hyperparam_mutations={"lr": [0.001, 0.01, 0.1]})
+    for trial in "abcd":
+        pbt.on_trial_add(trial, {"lr": 0.01})
+    for t, loss in zip("abcd", (0.1, 0.2, 0.3, 0.9), strict=True):
+        _report(pbt, t, 3, loss)
+    _report(pbt, "a", 6, 0.05)
+    assert _report(pbt, "d", 6, 0.8) is PAUSE
+    return pbt
+
+
+def test_a_skipped_exploit_leaves_the_trial_as_it_was_and_not_ranked_again_at_once():
+    pbt = _pending_d()
+    exploit = pbt.exploit_skipped("d")
+    assert exploit is not None and exploit.source_trial_id == "a"
+    assert pbt.pending_exploit("d") is None and pbt.lineage("d") == []
+    assert pbt.exploit_skipped("d") is None  # nothing pending: nothing to skip
+    assert _report(pbt, "d", 7, 0.8) is CONTINUE  # ranked at 6: next at 9
+
+
+def test_a_trial_that_ended_leaves_the_population_and_its_pending_exploit_goes():
+    pbt = _pending_d()
+    pbt.on_trial_complete("d", None)
+    assert pbt.pending_exploit("d") is None
+    pbt.on_trial_error("a")
+    lower, upper = pbt._quantiles()
+    assert "a" not in upper and "d" not in lower
+
+
+def test_decision_points_are_every_result_from_the_first_ranking_on():
+    pbt = _pbt(perturbation_interval=3, burn_in_period=5)
+    points = pbt.decision_points("t")
+    assert points.time_attr == "training_iteration"
+    assert [points.crossed(t - 1, t) for t in (1, 4, 5, 6, 9)] == [False, False, True, True, True]
+    assert _pbt(perturbation_interval=3).decision_points("t").every_from == 3
+
+
+def test_mutations_must_name_keys_of_the_param_space():
+    pbt = _pbt(hyperparam_mutations={"lr": [0.1], "opt": {"beta": [0.9]}})
+    pbt.check_param_space({"lr": 0.1, "opt": {"beta": 0.5}, "other": 1})
+    with pytest.raises(ConfigError, match=r"mutates 'opt\.beta'"):
+        pbt.check_param_space({"lr": 0.1, "opt": {"gamma": 0.5}})
+    with pytest.raises(ConfigError, match=r"mutates 'lr'.*its keys: \['x'\]"):
+        pbt.check_param_space({"x": 1})
